@@ -1,0 +1,409 @@
+"""Loss-curve rules (playbook 7.8.1 patterns 1-6 and the StreamRec case study).
+
+All measures are relative (any loss: BCE, CE, MSE) and robust (rolling medians, block medians,
+windows that are a fraction of the run), so minibatch noise and thousands of steps are fine.
+Validation rules work per evaluation (usually per epoch), training-curve rules per logged step.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from trainscope.rules.finding import Finding
+from trainscope.rules.registry import Context, NotApplicable, detector
+from trainscope.rules.signals import (
+    TRAIN_ACC_NAMES,
+    TRAIN_LOSS_NAMES,
+    VAL_LOSS_NAMES,
+    block_medians,
+    eval_curve,
+    finite,
+    first_series,
+    has_validation,
+    head_level,
+    lr_value,
+    n_epochs,
+    rel,
+    smooth,
+    tail_level,
+)
+from trainscope.store.run import Run
+
+FLAT_DROP = 0.05  # below this relative decrease the curve is "flat" (loss-not-decreasing's default)
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}"
+
+
+def _train_loss(run: Run) -> pd.Series:
+    s = first_series(run, TRAIN_LOSS_NAMES)
+    if s is None:
+        raise NotApplicable("no training loss logged")
+    return s
+
+
+def _finite_train(run: Run, min_points: int) -> pd.Series:
+    t = finite(_train_loss(run))
+    if len(t) < min_points:
+        raise NotApplicable(f"only {len(t)} finite training-loss values (needs {min_points})")
+    return t
+
+
+def _common_fix_values(run: Run) -> dict[str, str]:
+    lr = lr_value(run)
+    bs = first_series(run, ("loop/batch_size", "batch_size"))
+    return {
+        "lr": _fmt(lr) if lr is not None else "not logged",
+        "batch_size": _fmt(float(finite(bs).median())) if bs is not None and len(finite(bs)) else "not logged",
+    }
+
+
+def _span(s: pd.Series) -> tuple[int, int]:
+    return int(s.index[0]), int(s.index[-1])
+
+
+def _unit(run: Run, t: pd.Series) -> str:
+    return f"{len(t)} logged values (steps {t.index[0]}-{t.index[-1]})"
+
+
+@detector("loss-not-decreasing")
+def loss_not_decreasing(ctx: Context) -> list[Finding]:
+    t = finite(_train_loss(ctx.run))
+    # an epoch-level log of 5+ epochs is judged too; step logs need min_points values
+    if len(t) < min(ctx.p("min_points"), 5 if len(t) < 20 else ctx.p("min_points")):
+        raise NotApplicable(f"only {len(t)} finite training-loss values")
+    head = head_level(t, 0.05, lo=min(3, len(t)))
+    if abs(head) < 1e-8:
+        raise NotApplicable("initial training loss is already ~0")
+    sm = smooth(t)
+    best = float(sm.min())
+    drop = rel(head, best) if head > 0 else (head - best) / abs(head)
+    if drop >= ctx.p("min_rel_drop"):
+        return []
+    return [
+        ctx.finding(
+            f"smoothed train loss fell only {drop:.1%} (from {_fmt(head)} to at best {_fmt(best)}) "
+            f"over {_unit(ctx.run, t)}; threshold {ctx.p('min_rel_drop'):.0%}",
+            steps=_span(t),
+            evidence={"initial_loss": head, "best_loss": best, "relative_drop": drop, "points": len(t)},
+            fix_values=_common_fix_values(ctx.run),
+        )
+    ]
+
+
+@detector("divergence")
+def divergence(ctx: Context) -> list[Finding]:
+    raw = _train_loss(ctx.run)
+    values = raw.to_numpy(dtype=float)
+    fv = _common_fix_values(ctx.run)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        i = int(np.argmax(bad))
+        last = finite(raw.iloc[:i])
+        before = f" (last finite value {_fmt(float(last.iloc[-1]))} at step {last.index[-1]})" if len(last) else ""
+        return [
+            ctx.finding(
+                f"train loss became {values[i]} at step {raw.index[i]}{before}; "
+                f"{int(bad.sum())} of {len(values)} logged values are not finite",
+                steps=(int(raw.index[i]), int(raw.index[-1])),
+                evidence={"first_nonfinite_step": int(raw.index[i]), "nonfinite_count": int(bad.sum())},
+                fix_values=fv,
+            )
+        ]
+    t = raw
+    if len(t) < 5:
+        raise NotApplicable(f"only {len(t)} training-loss values")
+    head = head_level(t, 0.05, lo=min(3, len(t)))
+    if head <= 0:
+        raise NotApplicable("training loss is not positive; relative divergence tests do not apply")
+    spikes = t[t > ctx.p("spike_factor") * head]
+    if len(spikes):
+        return [
+            ctx.finding(
+                f"train loss spiked to {_fmt(float(spikes.max()))} at step {spikes.idxmax()}, "
+                f"{float(spikes.max()) / head:.3g}x its initial level {_fmt(head)} (threshold {ctx.p('spike_factor'):g}x)",
+                steps=(int(spikes.index[0]), int(spikes.index[-1])),
+                evidence={"initial_loss": head, "max_loss": float(spikes.max()), "spike_steps": len(spikes)},
+                fix_values=fv,
+            )
+        ]
+    sm = smooth(t)
+    end = tail_level(sm, 0.05)
+    peak_step = sm.idxmax()
+    if float(sm.max()) > ctx.p("rise_factor") * head and sm.index.get_loc(peak_step) > len(sm) * 0.05:
+        return [
+            ctx.finding(
+                f"smoothed train loss rose to {_fmt(float(sm.max()))} at step {peak_step}, "
+                f"{float(sm.max()) / head:.3g}x its initial level {_fmt(head)} (threshold {ctx.p('rise_factor'):g}x)",
+                steps=(int(sm.index[0]), int(peak_step)),
+                evidence={"initial_loss": head, "peak_loss": float(sm.max()), "final_loss": end},
+                fix_values=fv,
+            )
+        ]
+    low_pos = int(np.argmin(sm.to_numpy()))
+    low = float(sm.iloc[low_pos])
+    progress = head - low
+    if progress > FLAT_DROP * head and low_pos < len(sm) * 0.9:
+        undone = (end - low) / progress
+        if undone >= ctx.p("undo_fraction"):
+            return [
+                ctx.finding(
+                    f"smoothed train loss fell from {_fmt(head)} to {_fmt(low)} at step {sm.index[low_pos]} "
+                    f"then climbed back to {_fmt(end)}, undoing {undone:.0%} of its progress "
+                    f"(threshold {ctx.p('undo_fraction'):.0%})",
+                    steps=(int(sm.index[low_pos]), int(sm.index[-1])),
+                    evidence={"initial_loss": head, "lowest_loss": low, "final_loss": end, "undone": undone},
+                    fix_values=fv,
+                )
+            ]
+    return []
+
+
+def _val_noise(v: np.ndarray) -> float:
+    """Point-to-point noise of a validation curve (robust, trend-insensitive)."""
+    if len(v) < 4:
+        return 0.0
+    d = np.diff(v)
+    return float(1.4826 * np.median(np.abs(d - np.median(d))) / np.sqrt(2))
+
+
+def _eval(ctx: Context, min_evals: int):
+    e = eval_curve(ctx.run, VAL_LOSS_NAMES)
+    if e is None:
+        raise NotApplicable("no validation loss logged")
+    if len(e) < min_evals:
+        raise NotApplicable(f"only {len(e)} validation points (needs {min_evals})")
+    return e
+
+
+def _epoch_word(e) -> str:
+    return "epoch" if e.per_epoch else "evaluation"
+
+
+@detector("overfitting")
+def overfitting(ctx: Context) -> list[Finding]:
+    e = _eval(ctx, ctx.p("min_evals"))
+    v, t = e.val, e.train
+    b = int(np.argmin(v))
+    after = len(v) - 1 - b
+    if after < 1 or not np.isfinite(t[b]):
+        return []
+    k = min(3, after)
+    v_end = float(np.median(v[-k:]))
+    t_end = float(np.nanmedian(t[-k:])) if np.isfinite(t[-k:]).any() else np.nan
+    if not np.isfinite(t_end):
+        return []
+    train_drop = rel(t[b], t_end)  # positive when training kept falling
+    val_rise = rel(v_end, v[b])
+    gap_best, gap_end = v[b] - t[b], v_end - t_end
+    gap_growth = (gap_end - gap_best) / max(abs(v[b]), 1e-12)
+    noise = _val_noise(v)
+    rising = val_rise >= ctx.p("min_val_rise") and (v_end - v[b]) > 3 * noise and after >= 2
+    plateau = gap_growth >= ctx.p("min_gap_growth") and after >= max(2, int(0.2 * len(v)))
+    if train_drop < ctx.p("min_train_drop") or not (rising or plateau):
+        return []
+    word = _epoch_word(e)
+    best_epoch = e.label(b)
+    how = f"rose {val_rise:.0%} to {_fmt(v_end)}" if rising else f"plateaued ({_fmt(v_end)})"
+    return [
+        ctx.finding(
+            f"val loss lowest {_fmt(v[b])} at {word} {best_epoch}, then {how} by {word} {e.label(len(v) - 1)} "
+            f"while train loss fell {train_drop:.0%} ({_fmt(t[b])} -> {_fmt(t_end)}); "
+            f"train-val gap {_fmt(gap_best)} -> {_fmt(gap_end)}",
+            steps=(int(e.steps[b]), int(e.steps[-1])),
+            evidence={
+                "best_epoch": best_epoch,
+                "best_val_loss": round(float(v[b]), 6),
+                "final_val_loss": v_end,
+                "train_loss_at_best": float(t[b]),
+                "final_train_loss": t_end,
+                "gap_at_best": gap_best,
+                "final_gap": gap_end,
+                "val_rise": val_rise,
+            },
+            fix_values=_common_fix_values(ctx.run),
+        )
+    ]
+
+
+@detector("no-early-stopping")
+def no_early_stopping(ctx: Context) -> list[Finding]:
+    e = _eval(ctx, 4)
+    v = e.val
+    n = len(v)
+    b = int(np.argmin(v))
+    after = n - 1 - b
+    v_end = float(v[-1])
+    if after < ctx.p("min_extra_epochs") or after < ctx.p("min_extra_fraction") * n:
+        return []
+    if rel(v_end, v[b]) < ctx.p("min_val_rise") or (v_end - v[b]) <= 2 * _val_noise(v):
+        return []
+    # smallest patience that still reaches the minimum: one more than the longest stall before it
+    stall = longest = 0
+    best_so_far = np.inf
+    for x in v[: b + 1]:
+        if x < best_so_far:
+            best_so_far, stall = x, 0
+        else:
+            stall += 1
+            longest = max(longest, stall)
+    min_patience = longest + 1
+    patience = max(min_patience, int(ctx.p("patience")))
+    stop = min(b + patience, n - 1)
+    word = _epoch_word(e)
+    return [
+        ctx.finding(
+            f"val loss reached its minimum {_fmt(v[b])} at {word} {e.label(b)} but training ran "
+            f"{after} more {word}s (to {e.label(n - 1)}, val loss {_fmt(v_end)}, +{rel(v_end, v[b]):.0%}); "
+            f"early stopping with patience {patience} would have stopped at {word} {e.label(stop)} "
+            f"(smallest patience reaching the minimum: {min_patience})",
+            steps=(int(e.steps[b]), int(e.steps[-1])),
+            evidence={
+                "best_epoch": e.label(b),
+                "best_val_loss": round(float(v[b]), 6),
+                "final_val_loss": v_end,
+                "extra_epochs": after,
+                "min_patience": min_patience,
+                "patience": patience,
+                "stop_epoch": e.label(stop),
+            },
+            fix_values=_common_fix_values(ctx.run),
+        )
+    ]
+
+
+@detector("underfitting")
+def underfitting(ctx: Context) -> list[Finding]:
+    t = _finite_train(ctx.run, 5)
+    if len(t) < 20 and n_epochs(ctx.run) is None:
+        raise NotApplicable(f"only {len(t)} training-loss values")
+    head = head_level(t, 0.05, lo=min(3, len(t)))
+    if head <= 0:
+        raise NotApplicable("training loss is not positive")
+    sm = smooth(t)
+    end = tail_level(sm, 0.05)
+    low = float(sm.min())
+    if rel(head, low) < FLAT_DROP:  # never moved: loss-not-decreasing's case
+        return []
+    remaining = end / head
+    third = float(sm.iloc[int(len(sm) * 2 / 3)])
+    tail_drop = (third - end) / head
+    if remaining < ctx.p("min_remaining") or tail_drop >= ctx.p("max_tail_drop"):
+        return []
+    acc = first_series(ctx.run, TRAIN_ACC_NAMES)
+    if acc is not None and len(finite(acc)) and tail_level(finite(acc), 0.1) > ctx.p("max_train_acc"):
+        return []
+    e = eval_curve(ctx.run, VAL_LOSS_NAMES)
+    val_note = ""
+    if e is not None and len(e) >= 3:
+        v_end = float(np.median(e.val[-min(3, len(e)):]))
+        if v_end < ctx.p("min_remaining") * float(e.val[0]) or v_end > end * 1.25:
+            return []  # validation did not plateau high, or the gap says overfitting instead
+        val_note = f"; val loss also plateaued at {_fmt(v_end)}"
+    return [
+        ctx.finding(
+            f"train loss plateaued at {_fmt(end)}, still {remaining:.0%} of its initial {_fmt(head)} "
+            f"(threshold {ctx.p('min_remaining'):.0%}); last third of the run improved it only "
+            f"{tail_drop:.1%}{val_note}",
+            steps=(int(sm.index[int(len(sm) * 2 / 3)]), int(sm.index[-1])),
+            evidence={"initial_loss": head, "final_loss": end, "remaining": remaining, "tail_drop": tail_drop},
+            fix_values=_common_fix_values(ctx.run),
+        )
+    ]
+
+
+@detector("oscillation")
+def oscillation(ctx: Context) -> list[Finding]:
+    t = finite(_train_loss(ctx.run))
+    half = t.iloc[len(t) // 2 :]
+    if len(half) < ctx.p("min_points"):
+        raise NotApplicable(f"only {len(half)} training-loss values in the second half (needs {ctx.p('min_points')})")
+    size = max(3, len(half) // 20)
+    m = block_medians(half, size)
+    level = float(np.median(m))
+    if level <= 0 or len(m) < 6:
+        return []
+    vals = half.to_numpy()[: len(m) * size].reshape(len(m), size)
+    within = 1.4826 * np.median(np.abs(vals - np.median(vals, axis=1, keepdims=True)))
+    d = np.diff(m.to_numpy())
+    swing = float(np.median(np.abs(d))) / level
+    expected = (1.2533 * within) ** 2 / size * 2  # variance of a difference of two block medians
+    observed = float(np.median(d**2)) / 0.4549  # median of chi2(1) -> variance
+    excess = observed / max(expected, 1e-30)
+    if swing < ctx.p("min_swing") or excess < ctx.p("min_excess"):
+        return []
+    return [
+        ctx.finding(
+            f"in the second half of the run the train loss swings {swing:.0%} of its level {_fmt(level)} "
+            f"between windows of {size} values (threshold {ctx.p('min_swing'):.0%}), "
+            f"{excess:.3g}x the variance minibatch noise explains (threshold {ctx.p('min_excess'):g}x)",
+            steps=_span(half),
+            evidence={"swing": swing, "level": level, "noise_excess": excess, "window": size},
+            fix_values=_common_fix_values(ctx.run),
+        )
+    ]
+
+
+@detector("slow-start")
+def slow_start(ctx: Context) -> list[Finding]:
+    t = finite(_train_loss(ctx.run))
+    if len(t) < 8:
+        raise NotApplicable(f"only {len(t)} training-loss values")
+    size = max(1, int(round(len(t) * ctx.p("early_fraction"))))
+    m = block_medians(t, size)
+    if len(m) < 4:
+        return []
+    mv = m.to_numpy()
+    total = mv[0] - mv.min()
+    if mv[0] <= 0 or total < 0.2 * mv[0]:
+        return []  # little learning overall: other rules' business
+    early = mv[0] - mv[1]
+    later = mv[1:-1] - mv[2:]
+    j = int(np.argmax(later))
+    fastest = float(later[j])
+    if early >= ctx.p("max_early_share") * total or fastest < ctx.p("min_speedup") * max(early, 1e-12):
+        return []
+    lr = first_series(ctx.run, ("lr/0",))
+    if lr is not None and len(finite(lr)):
+        first = finite(lr)[finite(lr).index <= m.index[1]]
+        if len(first) >= 2 and first.iloc[-1] >= 1.5 * first.iloc[0]:
+            return []  # learning-rate warmup: a slow start is by design
+    unit = "epochs" if size == 1 and n_epochs(ctx.run) else "values"
+    end_step = int(m.index[0])
+    return [
+        ctx.finding(
+            f"train loss fell only {early / total:.0%} of its total decrease in the first {size} {unit} "
+            f"({_fmt(float(t.iloc[0]))} -> {_fmt(float(mv[1]))}, until step {m.index[1]}), "
+            f"later {fastest / max(early, 1e-12):.3g}x faster (threshold {ctx.p('min_speedup'):g}x)",
+            steps=(int(t.index[0]), end_step if size > 1 else int(m.index[1])),
+            evidence={
+                "early_drop": float(early),
+                "total_drop": float(total),
+                "early_share": float(early / total),
+                "speedup": fastest / max(early, 1e-12),
+                "window": size,
+            },
+            fix_values=_common_fix_values(ctx.run),
+        )
+    ]
+
+
+@detector("no-validation")
+def no_validation(ctx: Context) -> list[Finding]:
+    if has_validation(ctx.run):
+        return []
+    epochs = n_epochs(ctx.run)
+    steps = int(ctx.run.scalars["step"].max()) if not ctx.run.scalars.empty else 0
+    long_enough = epochs >= ctx.p("min_epochs") if epochs is not None else steps >= ctx.p("min_steps")
+    if not long_enough:
+        return []
+    length = f"{epochs} epochs ({steps} steps)" if epochs is not None else f"{steps} steps"
+    logged = ", ".join(ctx.run.scalar_names()[:8])
+    return [
+        ctx.finding(
+            f"no validation metric in a run of {length}; logged: {logged}",
+            steps=(int(ctx.run.scalars["step"].min()), steps),
+            evidence={"epochs": epochs, "steps": steps, "scalars": ctx.run.scalar_names()},
+        )
+    ]
