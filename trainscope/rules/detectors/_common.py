@@ -1,0 +1,158 @@
+"""Small helpers shared by the gradient, activation, init, LR and loop detectors.
+
+Pure functions over the run's frames: select the rows a rule needs (or say why it cannot run),
+format numbers for messages, and read the optimizer and loss facts several rules quote.
+"""
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from trainscope.rules.registry import NotApplicable
+from trainscope.store.run import Run
+
+# Layers whose weights are not a "compute" weight: their gradient/update scale says nothing about
+# depth-wise gradient flow (norm affine params sit near 1, embedding rows are updated sparsely).
+NORM_PREFIXES = ("BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "LocalResponseNorm", "RMSNorm",
+                 "SyncBatchNorm")
+NON_COMPUTE = NORM_PREFIXES + ("Embedding", "EmbeddingBag")
+LOSS_NAMES = ("train_loss", "loss", "train/loss", "training_loss", "train_loss_step")
+
+
+def fmt(x: Any) -> str:
+    """A number as a message shows it: 3 significant digits, scientific when tiny or huge."""
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return str(x)
+    if math.isnan(v):
+        return "nan"
+    if math.isinf(v):
+        return "inf" if v > 0 else "-inf"
+    if v == 0:
+        return "0"
+    a = abs(v)
+    if a < 1e-2 or a >= 1e4:
+        return f"{v:.1e}"
+    return f"{v:.3g}"
+
+
+def is_norm(module_type: str) -> bool:
+    return str(module_type).startswith(NORM_PREFIXES)
+
+
+def is_compute(module_type: str) -> bool:
+    return not str(module_type).startswith(NON_COMPUTE)
+
+
+def layer_rows(run: Run, kind: str) -> pd.DataFrame:
+    """Rows of one kind (grad/activation/weight/update) on rank 0, or NotApplicable."""
+    df = run.layers
+    if df.empty:
+        raise NotApplicable("no layer statistics")
+    df = df[df["kind"] == kind]
+    if "rank" in df and (df["rank"] == 0).any():
+        df = df[df["rank"] == 0]
+    if df.empty:
+        raise NotApplicable(f"no {kind} statistics recorded")
+    return df
+
+
+def pivot(df: pd.DataFrame, stat: str) -> pd.DataFrame:
+    """step x layer table of one statistic, layers in forward order."""
+    order = df.groupby("layer")["order"].min().sort_values(kind="stable")
+    table = df.pivot_table(index="step", columns="layer", values=stat, aggfunc="mean")
+    return table[[c for c in order.index if c in table.columns]]
+
+
+def step_span(index: Any) -> tuple[int, int]:
+    steps = [int(s) for s in index]
+    return (min(steps), max(steps))
+
+
+def longest_run(mask: np.ndarray) -> tuple[int, int]:
+    """(start, length) of the longest run of True values."""
+    best, best_start, cur, start = 0, 0, 0, 0
+    for i, m in enumerate(mask):
+        if m:
+            if cur == 0:
+                start = i
+            cur += 1
+            if cur > best:
+                best, best_start = cur, start
+        else:
+            cur = 0
+    return best_start, best
+
+
+def train_loss(run: Run) -> pd.Series:
+    """The training loss by step (first of the usual names that exists), NaN-free order kept."""
+    names = set(run.scalar_names())
+    for name in LOSS_NAMES:
+        if name in names:
+            return run.scalar(name)
+    return pd.Series(dtype=float)
+
+
+def optimizer_meta(run: Run) -> dict[str, Any]:
+    return run.meta.get("optimizer") or {}
+
+
+def current_lr(run: Run) -> float | None:
+    """The learning rate of param group 0 at the first recorded step, else the optimizer's default."""
+    s = run.scalar("lr/0")
+    if not s.empty and np.isfinite(s.iloc[0]):
+        return float(s.iloc[0])
+    opt = optimizer_meta(run)
+    lr = (opt.get("defaults") or {}).get("lr")
+    if lr is None and opt.get("param_groups"):
+        lr = opt["param_groups"][0].get("lr")
+    try:
+        return float(lr) if lr is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def detail(row: pd.Series) -> dict[str, Any]:
+    """An event's JSON detail as a dict ({} when empty or malformed)."""
+    raw = row.get("detail")
+    if raw is None or (isinstance(raw, float) and math.isnan(raw)) or raw == "":
+        return {}
+    try:
+        out = json.loads(raw)
+    except (TypeError, ValueError):
+        return {}
+    return out if isinstance(out, dict) else {}
+
+
+def events(run: Run, kind: str) -> pd.DataFrame:
+    ev = run.events
+    if ev.empty:
+        return ev
+    ev = ev[ev["kind"] == kind]
+    if "rank" in ev and (ev["rank"] == 0).any():
+        ev = ev[ev["rank"] == 0]
+    return ev.sort_values("step", kind="stable")
+
+
+def modules(run: Run) -> list[dict[str, Any]]:
+    """meta.model.modules, in forward order where known (registration order otherwise)."""
+    mods = list((run.meta.get("model") or {}).get("modules") or [])
+    keyed = [(m.get("order", -1) if (m.get("order", -1) or -1) >= 0 else 10**9 + i, i, m) for i, m in enumerate(mods)]
+    return [m for _, _, m in sorted(keyed, key=lambda t: (t[0], t[1]))]
+
+
+def sig1(x: float) -> str:
+    """A suggested value rounded to one significant digit (3e-04, 0.03, 1)."""
+    if not math.isfinite(x) or x <= 0:
+        return fmt(x)
+    exp = math.floor(math.log10(x))
+    mant = round(x / 10**exp)
+    if mant == 10:
+        mant, exp = 1, exp + 1
+    v = mant * 10.0**exp
+    return f"{v:.0e}" if (v < 1e-2 or v >= 1e4) else f"{v:g}"

@@ -1,0 +1,245 @@
+"""Gradient rules (playbook 7.8.3): vanishing, exploding, unstable, dead ReLU units, NaN/Inf.
+
+Per-layer gradient norms come from the probe's `grad` rows (weight and bias of a layer together);
+the global norm from the `grad_norm` scalar. Only compute layers (Linear, Conv, RNN, attention)
+enter the first/last comparison: normalization and embedding parameters have their own scale.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+from trainscope.rules.detectors._common import (
+    current_lr,
+    detail,
+    events,
+    fmt,
+    is_compute,
+    layer_rows,
+    pivot,
+    sig1,
+    step_span,
+    train_loss,
+)
+from trainscope.rules.finding import Finding
+from trainscope.rules.registry import Context, NotApplicable, detector
+from trainscope.store import schema
+
+DYING_RELU = ("ReLU", "ReLU6")  # units of these can die (LeakyReLU, GELU, ELU cannot)
+
+
+def _flow(ctx: Context) -> tuple[pd.DataFrame, str, str, pd.Series]:
+    """Per-step gradient norms of compute layers and the first/last norm ratio."""
+    g = layer_rows(ctx.run, "grad")
+    g = g[g["module_type"].map(is_compute) & (g["order"] >= 0)]
+    norms = pivot(g, "norm").dropna(axis=1, how="all")
+    if norms.shape[1] < 2:
+        raise NotApplicable("fewer than two layers with gradients")
+    min_layers = int(ctx.p("min_layers"))
+    if norms.shape[1] < min_layers:
+        raise NotApplicable(f"only {norms.shape[1]} layers with gradients (rule needs {min_layers})")
+    first, last = norms.columns[0], norms.columns[-1]
+    ratio = (norms[first] / norms[last]).replace([np.inf, -np.inf], np.nan).dropna()
+    if len(ratio) < int(ctx.p("min_steps")):
+        raise NotApplicable(f"only {len(ratio)} recorded steps with gradients")
+    return norms, first, last, ratio
+
+
+@detector("vanishing-gradients")
+def vanishing_gradients(ctx: Context) -> Iterator[Finding]:
+    norms, first, last, ratio = _flow(ctx)
+    thr = float(ctx.p("ratio_min"))
+    low = ratio < thr
+    frac = float(low.mean())
+    if frac < float(ctx.p("sustain")):
+        return
+    med = float(ratio[low].median())
+    # layers whose gradients are starved relative to the last layer
+    rel = norms.div(norms[last], axis=0).median()
+    starved = [c for c in norms.columns[:-1] if rel[c] < thr] or [first]
+    steps = step_span(ratio.index[low])
+    yield ctx.finding(
+        f"grad norm ratio first/last layer {fmt(med)} < {fmt(thr)} ({first} vs {last}) at "
+        f"{low.sum()}/{len(ratio)} recorded steps {steps[0]}-{steps[1]}",
+        layers=starved,
+        steps=steps,
+        evidence={
+            "ratio_first_last": med,
+            "threshold": thr,
+            "first_layer": first,
+            "last_layer": last,
+            "first_norm": float(norms[first].median()),
+            "last_norm": float(norms[last].median()),
+            "frac_steps": frac,
+        },
+    )
+
+
+@detector("exploding-gradients")
+def exploding_gradients(ctx: Context) -> Iterator[Finding]:
+    norms, first, last, ratio = _flow(ctx)
+    thr = float(ctx.p("ratio_max"))
+    high = ratio > thr
+    if float(high.mean()) >= float(ctx.p("sustain")):
+        med = float(ratio[high].median())
+        steps = step_span(ratio.index[high])
+        yield ctx.finding(
+            f"grad norm ratio first/last layer {fmt(med)} > {fmt(thr)} ({first} vs {last}) at "
+            f"{high.sum()}/{len(ratio)} recorded steps {steps[0]}-{steps[1]}",
+            layers=[first],
+            steps=steps,
+            evidence={"ratio_first_last": med, "threshold": thr, "first_layer": first, "last_layer": last,
+                      "first_norm": float(norms[first].median()), "last_norm": float(norms[last].median())},
+            fix_values={"lr_new": _lower_lr(ctx)},
+        )
+        return
+    # Growth of the global norm: orders of magnitude above its early level, still near its peak.
+    gn = ctx.run.scalar(schema.GRAD_NORM)
+    gn = gn[np.isfinite(gn) & (gn > 0)]
+    if len(gn) < 2 * int(ctx.p("window")):
+        return
+    w = int(ctx.p("window"))
+    start = float(gn.iloc[:w].median())
+    end = float(gn.iloc[-w:].median())
+    peak = float(gn.rolling(w).median().max())
+    growth = end / start if start > 0 else np.inf
+    if growth >= float(ctx.p("growth_max")) and end >= 0.5 * peak:
+        yield ctx.finding(
+            f"global grad norm grew {fmt(growth)}x > {fmt(ctx.p('growth_max'))}x "
+            f"(median {fmt(start)} over the first {w} steps, {fmt(end)} over the last {w})",
+            steps=(int(gn.index[0]), int(gn.index[-1])),
+            evidence={"growth": growth, "threshold": float(ctx.p("growth_max")), "norm_start": start,
+                      "norm_end": end},
+            fix_values={"lr_new": _lower_lr(ctx)},
+        )
+
+
+def _lower_lr(ctx: Context) -> str:
+    lr = current_lr(ctx.run)
+    return sig1(lr / 10) if lr else "a 10x smaller value"
+
+
+@detector("unstable-gradients")
+def unstable_gradients(ctx: Context) -> Iterator[Finding]:
+    gn = ctx.run.scalar(schema.GRAD_NORM)
+    gn = gn[np.isfinite(gn) & (gn > 0)]
+    if len(gn) < int(ctx.p("min_points")):
+        raise NotApplicable(f"only {len(gn)} finite grad-norm values (rule needs {ctx.p('min_points')})")
+    logs = np.log10(gn)
+    w = int(ctx.p("window"))
+    trend = logs.rolling(w, center=True, min_periods=max(3, w // 3)).median()
+    resid = (logs - trend).abs().dropna()
+    orders = float(ctx.p("orders"))
+    swings = resid > orders
+    frac = float(swings.mean())
+    if frac < float(ctx.p("min_frac")):
+        return
+    spread = float(10 ** (logs.quantile(0.95) - logs.quantile(0.05)))
+    hit = resid.index[swings]
+    yield ctx.finding(
+        f"global grad norm strays more than {fmt(10**orders)}x from its running median at "
+        f"{frac:.0%} of steps (> {float(ctx.p('min_frac')):.0%}); 5-95% spread {fmt(spread)}x",
+        steps=step_span(hit),
+        evidence={"frac_swings": frac, "threshold": float(ctx.p("min_frac")), "spread_p5_p95": spread,
+                  "median_norm": float(gn.median()), "max_norm": float(gn.max())},
+        fix_values={"lr_new": _lower_lr(ctx)},
+    )
+
+
+@detector("dead-relu")
+def dead_relu(ctx: Context) -> Iterator[Finding]:
+    a = layer_rows(ctx.run, "activation")
+    a = a[a["module_type"].isin(DYING_RELU)]
+    if a.empty:
+        raise NotApplicable("no ReLU modules recorded")
+    dead = pivot(a, "frac_dead")
+    steps = dead.index.to_numpy()
+    # judge the later half of the run: units that died and stayed dead, not a bad first batch
+    recent = dead[dead.index >= steps[len(steps) // 2]] if len(steps) > 1 else dead
+    if len(recent) < int(ctx.p("min_steps")):
+        recent = dead.iloc[-int(ctx.p("min_steps")):]
+    if len(recent) < int(ctx.p("min_steps")):
+        raise NotApplicable(f"only {len(recent)} recorded steps with ReLU activations")
+    thr = float(ctx.p("dead_frac"))
+    hits = []
+    for layer in recent.columns:
+        col = recent[layer].dropna()
+        if col.empty:
+            continue
+        sustained = float((col >= thr).mean())
+        if sustained >= float(ctx.p("sustain")) and col.iloc[-1] >= thr:
+            first_dead = dead[layer][dead[layer] >= thr]
+            hits.append((layer, float(col.median()), sustained, int(first_dead.index[0])))
+    if not hits:
+        return
+    worst = max(hits, key=lambda h: h[1])
+    layers = [h[0] for h in hits]
+    lr = current_lr(ctx.run)
+    yield ctx.finding(
+        f"{fmt(worst[1] * 100)}% of units in {worst[0]} never fire (>= {thr:.0%} dead) over steps "
+        f"{int(recent.index[0])}-{int(recent.index[-1])}"
+        + (f"; {len(hits)} ReLU layers affected: {', '.join(layers)}" if len(hits) > 1 else ""),
+        layers=layers,
+        steps=(min(h[3] for h in hits), int(recent.index[-1])),
+        evidence={
+            "frac_dead": worst[1],
+            "threshold": thr,
+            "layers_dead": {h[0]: round(h[1], 4) for h in hits},
+            "first_dead_step": min(h[3] for h in hits),
+        },
+        fix_values={"lr_new": sig1(lr / 10) if lr else "a 10x smaller value"},
+    )
+
+
+@detector("nan-or-inf")
+def nan_or_inf(ctx: Context) -> Iterator[Finding]:
+    ev = events(ctx.run, "nonfinite")
+    if not ev.empty:
+        row = ev.iloc[0]
+        d = detail(row)
+        tensor = str(d.get("tensor") or "tensor")
+        layer = str(row.get("layer") or "")
+        where = f" in {layer}" if layer else ""
+        yield ctx.finding(
+            f"first NaN/Inf at step {int(row['step'])}: {tensor}{where}",
+            layers=[layer] if layer else [],
+            steps=(int(row["step"]), int(ev["step"].max())),
+            evidence={"first_step": int(row["step"]), "tensor": tensor, "layer": layer or None,
+                      **{k: v for k, v in d.items() if k != "tensor"}},
+            fix_values={"lr_new": _lower_lr(ctx)},
+        )
+        return
+    found = _first_nonfinite_stat(ctx)
+    if found:
+        yield found
+
+
+def _first_nonfinite_stat(ctx: Context) -> Finding | None:
+    """Fallback without events: the earliest layer statistic, grad norm or loss that is not finite."""
+    candidates: list[tuple[int, int, str, str]] = []  # (step, order, tensor, layer)
+    df = ctx.run.layers
+    if not df.empty:
+        bad = df[(df["nonfinite"] > 0) | (~np.isfinite(df["norm"]) & df["norm"].notna())]
+        if not bad.empty:
+            bad = bad.sort_values(["step", "order"])
+            r = bad.iloc[0]
+            candidates.append((int(r["step"]), int(r["order"]), str(r["kind"]), str(r["layer"])))
+    for name, tensor in ((schema.GRAD_NORM, "grad"), (None, "loss")):
+        s = ctx.run.scalar(name) if name else train_loss(ctx.run)
+        s = s[~np.isfinite(s)]
+        if not s.empty:
+            candidates.append((int(s.index[0]), 10**9, tensor, ""))
+    if not candidates:
+        if ctx.run.layers.empty and train_loss(ctx.run).empty:
+            raise NotApplicable("no layer statistics or loss")
+        return None
+    step, _, tensor, layer = min(candidates)
+    return ctx.finding(
+        f"first NaN/Inf at step {step}: {tensor}" + (f" in {layer}" if layer else ""),
+        layers=[layer] if layer else [],
+        steps=(step, step),
+        evidence={"first_step": step, "tensor": tensor, "layer": layer or None},
+        fix_values={"lr_new": _lower_lr(ctx)},
+    )

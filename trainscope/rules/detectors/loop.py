@@ -1,0 +1,440 @@
+"""Loop and wiring bugs (document-classifier case study, checklist, common mistakes).
+
+These read what the probe saw at the first steps (what reached the loss, the train/eval flag at
+each optimizer step, whether .grad was reset, the scheduler's call count) and the model, optimizer
+and scheduler metadata, so they fire from the first recorded steps rather than after epochs of
+bad curves.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+from trainscope.rules.detectors._common import (
+    current_lr,
+    detail,
+    events,
+    fmt,
+    modules,
+    optimizer_meta,
+    step_span,
+    train_loss,
+)
+from trainscope.rules.finding import Finding
+from trainscope.rules.registry import Context, NotApplicable, detector
+from trainscope.store import schema
+
+CE_LOSSES = ("CrossEntropyLoss",)
+NLL_LOSSES = ("NLLLoss",)
+PROB_PRODUCERS = ("Softmax", "softmax", "Softmax2d")
+LOG_PROB_PRODUCERS = ("LogSoftmax", "log_softmax")
+SIGMOID_PRODUCERS = ("Sigmoid", "sigmoid")
+DROPOUT_TYPES = ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout")
+# Modules between a dropout and a batchnorm that do not change the argument (no weights).
+TRANSPARENT = ("ReLU", "ReLU6", "LeakyReLU", "GELU", "SiLU", "ELU", "Tanh", "Sigmoid", "Identity", "Flatten")
+NORM_BN = ("BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "SyncBatchNorm", "LazyBatchNorm1d", "LazyBatchNorm2d",
+           "LazyBatchNorm3d")
+
+
+def _criterion_input(ctx: Context) -> tuple[pd.Series, dict[str, Any]]:
+    ev = events(ctx.run, "criterion_input")
+    if ev.empty:
+        raise NotApplicable("no criterion_input event (the probe was not given the criterion)")
+    row = ev.iloc[0]
+    return row, detail(row)
+
+
+def _producer(d: dict[str, Any]) -> str:
+    return str(d.get("producer") or "")
+
+
+def _criterion_name(ctx: Context, d: dict[str, Any]) -> str:
+    name = d.get("criterion") or (ctx.run.meta.get("criterion") or {}).get("class") or ""
+    return str(name)
+
+
+@detector("softmax-before-cross-entropy")
+def softmax_before_cross_entropy(ctx: Context) -> Iterator[Finding]:
+    row, d = _criterion_input(ctx)
+    crit = _criterion_name(ctx, d)
+    if crit not in CE_LOSSES:
+        return
+    producer = _producer(d)
+    is_prob = bool(d.get("is_prob")) and not bool(d.get("is_log_prob"))
+    if producer not in PROB_PRODUCERS and not is_prob:
+        return
+    why = f"produced by {producer}" if producer else "rows are probabilities"
+    rs = d.get("row_sum_mean")
+    yield ctx.finding(
+        f"{crit} receives probabilities ({why}"
+        + (f", rows sum to {fmt(rs)}" if rs is not None else "")
+        + f") at step {int(row['step'])}; it expects raw logits",
+        layers=[str(row.get("layer") or "")] if row.get("layer") else [],
+        steps=(int(row["step"]), int(row["step"])),
+        evidence={"criterion": crit, "producer": producer or None, "is_prob": bool(d.get("is_prob")),
+                  "row_sum_mean": rs, "num_classes": d.get("num_classes")},
+        fix_values={"producer": producer or "the softmax"},
+    )
+
+
+# criterion -> (what it expects, producers that are wrong, predicate on the detail)
+def _mismatch(crit: str, producer: str, d: dict[str, Any]) -> str | None:
+    is_prob = bool(d.get("is_prob")) and not bool(d.get("is_log_prob"))
+    is_log_prob = bool(d.get("is_log_prob"))
+    if crit == "BCEWithLogitsLoss" and (producer in SIGMOID_PRODUCERS or (is_prob and producer not in ("",))):
+        return "BCEWithLogitsLoss applies the sigmoid itself and expects raw logits, but it receives sigmoid outputs"
+    if crit in CE_LOSSES and (producer in LOG_PROB_PRODUCERS or is_log_prob):
+        return "CrossEntropyLoss applies log_softmax itself and expects raw logits, but it receives log-probabilities"
+    if crit in NLL_LOSSES:
+        if producer in PROB_PRODUCERS or (is_prob and not is_log_prob):
+            return "NLLLoss expects log-probabilities (log_softmax), but it receives probabilities (softmax)"
+        if producer and producer not in LOG_PROB_PRODUCERS and not is_log_prob:
+            return f"NLLLoss expects log-probabilities (log_softmax), but it receives raw outputs of {producer}"
+    if crit == "BCELoss" and producer and producer not in SIGMOID_PRODUCERS and not is_prob:
+        return f"BCELoss expects probabilities, but it receives raw outputs of {producer}; use BCEWithLogitsLoss"
+    return None
+
+
+FIX_FOR = {
+    "BCEWithLogitsLoss": "Remove the final Sigmoid from the model: BCEWithLogitsLoss takes logits "
+                         "(apply torch.sigmoid only at inference)",
+    "CrossEntropyLoss": "Remove the final LogSoftmax: CrossEntropyLoss takes logits (or switch the criterion "
+                        "to NLLLoss and keep the LogSoftmax)",
+    "NLLLoss": "Use log_softmax (nn.LogSoftmax(dim=1)) as the last op, or drop it and use CrossEntropyLoss on logits",
+    "BCELoss": "Use BCEWithLogitsLoss on the raw outputs (numerically safer than sigmoid + BCELoss)",
+}
+
+
+@detector("output-activation-mismatch")
+def output_activation_mismatch(ctx: Context) -> Iterator[Finding]:
+    row, d = _criterion_input(ctx)
+    crit = _criterion_name(ctx, d)
+    producer = _producer(d)
+    problem = _mismatch(crit, producer, d)
+    if problem is None:
+        return
+    yield ctx.finding(
+        f"{problem} (last op {producer or 'unknown'}, step {int(row['step'])})",
+        steps=(int(row["step"]), int(row["step"])),
+        evidence={"criterion": crit, "producer": producer or None, "is_prob": bool(d.get("is_prob")),
+                  "is_log_prob": bool(d.get("is_log_prob")), "min": d.get("min"), "max": d.get("max")},
+        fix_values={"specific_fix": FIX_FOR.get(crit, "Match the model's last op to what the criterion expects")},
+    )
+
+
+def _loop_scalar(ctx: Context, name: str) -> pd.Series:
+    s = ctx.run.scalar(name)
+    if s.empty:
+        raise NotApplicable(f"no {name} scalar (not recorded by the trainscope probe)")
+    return s
+
+
+@detector("eval-mode-during-training")
+def eval_mode_during_training(ctx: Context) -> Iterator[Finding]:
+    training = _loop_scalar(ctx, schema.LOOP_TRAINING)
+    evals = training[training < 0.5]
+    frac = len(evals) / len(training)
+    if evals.empty or frac < float(ctx.p("min_frac")):
+        return
+    types = {str(m.get("type", "")) for m in modules(ctx.run)}
+    affected = sorted(t for t in types if t.startswith(("Dropout", "BatchNorm", "AlphaDropout", "SyncBatchNorm",
+                                                          "InstanceNorm")))
+    effect = (f"the model has {', '.join(affected)}, which behave differently in eval mode" if affected
+              else "no Dropout/BatchNorm today, so the damage is latent until one is added")
+    yield ctx.finding(
+        f"model was in eval mode at {len(evals)}/{len(training)} optimizer steps ({frac:.0%} >= "
+        f"{float(ctx.p('min_frac')):.0%}), first at step {int(evals.index[0])}; {effect}",
+        steps=(int(evals.index[0]), int(evals.index[-1])),
+        evidence={"frac_eval_steps": frac, "threshold": float(ctx.p("min_frac")), "first_step": int(evals.index[0]),
+                  "mode_sensitive_modules": affected},
+        severity=None if affected else "warning",
+    )
+
+
+@detector("missing-zero-grad")
+def missing_zero_grad(ctx: Context) -> Iterator[Finding]:
+    reset = _loop_scalar(ctx, schema.LOOP_GRAD_RESET)
+    backwards = ctx.run.scalar(schema.LOOP_BACKWARDS)
+    # the first step starts from .grad None: it says nothing about the loop
+    reset = reset.iloc[1:]
+    if len(reset) < int(ctx.p("min_steps")):
+        raise NotApplicable(f"only {len(reset)} optimizer steps after the first")
+    stale = reset[reset < 0.5]
+    frac = len(stale) / len(reset)
+    if frac < float(ctx.p("min_frac")):
+        return
+    bw = backwards.reindex(stale.index).dropna()
+    accum = float(bw.median()) if not bw.empty else float("nan")
+    if np.isfinite(accum) and accum > 1:
+        pattern = (f"{fmt(accum)} backward passes per optimizer step and .grad is never cleared between "
+                   "optimizer steps: accumulation without a reset")
+    else:
+        pattern = "one backward per optimizer step, so gradients of all past batches add up"
+    yield ctx.finding(
+        f".grad was not reset before backward at {len(stale)}/{len(reset)} optimizer steps ({frac:.0%} >= "
+        f"{float(ctx.p('min_frac')):.0%}), from step {int(stale.index[0])}; {pattern}",
+        steps=step_span(stale.index),
+        evidence={"frac_not_reset": frac, "threshold": float(ctx.p("min_frac")),
+                  "backwards_per_step": accum if np.isfinite(accum) else None},
+    )
+
+
+@detector("adam-l2-weight-decay")
+def adam_l2_weight_decay(ctx: Context) -> Iterator[Finding]:
+    opt = optimizer_meta(ctx.run)
+    if not opt:
+        raise NotApplicable("no optimizer metadata")
+    cls = str(opt.get("class") or "")
+    if cls not in ("Adam", "Adamax", "NAdam", "RAdam"):
+        return
+    defaults = opt.get("defaults") or {}
+    if defaults.get("decoupled_weight_decay"):
+        return  # Adam(decoupled_weight_decay=True) is AdamW
+    wds = [float(g.get("weight_decay") or 0) for g in opt.get("param_groups") or []] or [
+        float(defaults.get("weight_decay") or 0)]
+    wd = max(wds)
+    if wd <= 0:
+        return
+    lr = current_lr(ctx.run)
+    yield ctx.finding(
+        f"{cls} with weight_decay={fmt(wd)} adds an L2 term to the gradient, which the adaptive step rescales; "
+        "the decay is not decoupled",
+        evidence={"optimizer": cls, "weight_decay": wd, "lr": lr},
+        fix_values={"lr": fmt(lr) if lr else "...", "weight_decay": fmt(wd)},
+    )
+
+
+# scheduler class -> (horizon parameter, cadence it is designed for)
+EPOCH_STYLE = {"StepLR": "step_size", "MultiStepLR": "milestones", "ExponentialLR": None,
+               "CosineAnnealingLR": "T_max", "LinearLR": "total_iters", "ConstantLR": "total_iters",
+               "PolynomialLR": "total_iters"}
+BATCH_STYLE = {"OneCycleLR": "total_steps", "CyclicLR": None}
+
+
+def _horizon(cls: str, params: dict[str, Any]) -> float | None:
+    if cls == "OneCycleLR":
+        total = params.get("total_steps")
+        if total is None and params.get("epochs") and params.get("steps_per_epoch"):
+            total = params["epochs"] * params["steps_per_epoch"]
+        return float(total) if total else None
+    key = EPOCH_STYLE.get(cls)
+    if key is None:
+        return None
+    v = params.get(key)
+    if isinstance(v, (list, tuple)):
+        v = max(v) if v else None
+    try:
+        return float(v) if v is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+@detector("scheduler-step-cadence")
+def scheduler_step_cadence(ctx: Context) -> Iterator[Finding]:
+    sched = ctx.run.meta.get("scheduler") or {}
+    if not sched:
+        raise NotApplicable("no scheduler given to the probe")
+    cls = str(sched.get("class") or "")
+    params = dict(sched.get("params") or {})
+    steps = _loop_scalar(ctx, schema.LOOP_SCHEDULER_STEPS)
+    n_opt = len(steps)
+    s_total = float(steps.iloc[-1]) - float(steps.iloc[0]) + 1 if n_opt else 0.0
+    epochs = events(ctx.run, "epoch")
+    n_epochs = int(epochs["value"].nunique()) if not epochs.empty else 0
+    if n_opt < int(ctx.p("min_steps")) or s_total <= 0:
+        return
+    per_batch = s_total >= 0.9 * n_opt
+    per_epoch = n_epochs >= 2 and abs(s_total - n_epochs) <= 1 and n_opt >= 2 * n_epochs
+    horizon = _horizon(cls, params)
+    lr = ctx.run.scalar("lr/0")
+    lr_note = f"; lr went {fmt(lr.iloc[0])} -> {fmt(lr.iloc[-1])}" if len(lr) else ""
+    ev = {"scheduler": cls, "scheduler_steps": s_total, "optimizer_steps": n_opt, "epochs": n_epochs,
+          "horizon": horizon, "lr_first": float(lr.iloc[0]) if len(lr) else None,
+          "lr_last": float(lr.iloc[-1]) if len(lr) else None}
+    spe = n_opt / n_epochs if n_epochs else float("nan")
+    if per_epoch and cls in BATCH_STYLE and (horizon is None or horizon > 2 * s_total):
+        yield ctx.finding(
+            f"{cls} (horizon {fmt(horizon) if horizon else 'in batches'}) stepped once per epoch: "
+            f"{fmt(s_total)} scheduler steps for {n_opt} optimizer steps over {n_epochs} epochs{lr_note}",
+            steps=(int(steps.index[0]), int(steps.index[-1])),
+            evidence=ev,
+            fix_values={"where": "after every optimizer.step() (inside the batch loop)",
+                        "cls": cls, "steps_per_epoch": fmt(spe)},
+        )
+        return
+    if per_epoch and cls == "CosineAnnealingLR" and horizon is not None and horizon >= n_opt and spe >= 10:
+        yield ctx.finding(
+            f"CosineAnnealingLR T_max={fmt(horizon)} looks like a count of batches (>= the {n_opt} optimizer steps "
+            f"so far) but it is stepped once per epoch ({fmt(s_total)} steps over {n_epochs} epochs): the LR barely "
+            f"decays{lr_note}",
+            steps=(int(steps.index[0]), int(steps.index[-1])),
+            evidence=ev,
+            fix_values={"where": "after every optimizer.step(), or set T_max to the number of epochs",
+                        "cls": cls, "steps_per_epoch": fmt(spe)},
+        )
+        return
+    if per_batch and cls in EPOCH_STYLE and n_epochs >= 1 and spe >= 2:
+        if horizon is not None and horizon * float(ctx.p("horizon_factor")) <= s_total:
+            yield ctx.finding(
+                f"{cls} ({EPOCH_STYLE[cls]}={fmt(horizon)}) stepped every batch: its horizon is spent "
+                f"{fmt(s_total / horizon)}x over within {n_opt} optimizer steps ({n_epochs} epochs){lr_note}",
+                steps=(int(steps.index[0]), int(steps.index[-1])),
+                evidence=ev,
+                fix_values={"where": "once per epoch, after the batch loop",
+                            "cls": cls, "steps_per_epoch": fmt(spe)},
+            )
+            return
+        if cls == "ExponentialLR" and len(lr) and lr.iloc[0] > 0 and lr.iloc[-1] / lr.iloc[0] < 1e-4:
+            yield ctx.finding(
+                f"ExponentialLR stepped every batch: {fmt(s_total)} decays in {n_epochs} epochs{lr_note}",
+                steps=(int(steps.index[0]), int(steps.index[-1])),
+                evidence=ev,
+                fix_values={"where": "once per epoch, after the batch loop",
+                            "cls": cls, "steps_per_epoch": fmt(spe)},
+            )
+
+
+@detector("batchnorm-small-batch")
+def batchnorm_small_batch(ctx: Context) -> Iterator[Finding]:
+    ev = events(ctx.run, "batchnorm_batch")
+    if ev.empty:
+        if not any(str(m.get("type", "")).startswith(NORM_BN) for m in modules(ctx.run)):
+            raise NotApplicable("no BatchNorm layers")
+        return
+    thr = int(ctx.p("min_batch"))
+    small = ev[ev["value"] < thr]
+    if small.empty:
+        return
+    smallest = int(small["value"].min())
+    bs = ctx.run.scalar(schema.LOOP_BATCH_SIZE)
+    typical = float(bs.median()) if not bs.empty else float("nan")
+    only_tail = np.isfinite(typical) and typical >= thr
+    layers = list(dict.fromkeys(str(x) for x in small["layer"] if x))
+    if only_tail:
+        msg = (f"BatchNorm in train mode saw a batch of {smallest} < {thr} (typical batch {fmt(typical)}: "
+               "the last, incomplete batch of an epoch)")
+        sev = "info"
+    else:
+        msg = f"BatchNorm in train mode on batches of {smallest} < {thr}: batch statistics are noise"
+        sev = None
+    yield ctx.finding(
+        msg,
+        layers=layers,
+        steps=(int(small["step"].min()), int(small["step"].max())),
+        evidence={"min_batch": smallest, "threshold": thr, "typical_batch": typical if np.isfinite(typical) else None},
+        severity=sev,
+    )
+
+
+@detector("dropout-before-batchnorm")
+def dropout_before_batchnorm(ctx: Context) -> Iterator[Finding]:
+    mods = [m for m in modules(ctx.run) if not _is_container(m)]
+    if not mods:
+        raise NotApplicable("no module list in the run metadata")
+    pairs = []
+    for i, m in enumerate(mods):
+        if not str(m.get("type", "")).startswith(DROPOUT_TYPES):
+            continue
+        for nxt in mods[i + 1:]:
+            t = str(nxt.get("type", ""))
+            if t.startswith(NORM_BN):
+                pairs.append((str(m.get("name")), str(nxt.get("name"))))
+                break
+            if t.startswith(TRANSPARENT):
+                continue
+            break
+    if not pairs:
+        return
+    yield ctx.finding(
+        f"{len(pairs)} Dropout layer(s) feed BatchNorm directly: " + ", ".join(f"{a} -> {b}" for a, b in pairs)
+        + " (BatchNorm's running variance is learned on dropped-out inputs and is wrong at eval)",
+        layers=[p for pair in pairs for p in pair],
+        evidence={"pairs": [list(p) for p in pairs]},
+        fix_values={"dropout": pairs[0][0], "batchnorm": pairs[0][1]},
+    )
+
+
+def _is_container(m: dict[str, Any]) -> bool:
+    t = str(m.get("type", ""))
+    return t in ("Sequential", "ModuleList", "ModuleDict") or m.get("name") in ("", None)
+
+
+@detector("initial-loss-mismatch")
+def initial_loss_mismatch(ctx: Context) -> Iterator[Finding]:
+    crit = str((ctx.run.meta.get("criterion") or {}).get("class") or "")
+    ev = events(ctx.run, "criterion_input")
+    d = detail(ev.iloc[0]) if not ev.empty else {}
+    crit = crit or str(d.get("criterion") or "")
+    n = ctx.run.meta.get("num_classes") or d.get("num_classes")
+    if crit in ("BCEWithLogitsLoss", "BCELoss"):
+        n = n if n and int(n) > 1 else 2  # per output: two outcomes
+    if crit not in CE_LOSSES + NLL_LOSSES + ("BCEWithLogitsLoss", "BCELoss"):
+        raise NotApplicable(f"criterion {crit or 'unknown'} has no chance-level initial loss")
+    if not n or int(n) < 2:
+        raise NotApplicable("number of classes unknown")
+    n = int(n)
+    loss = train_loss(ctx.run).dropna()
+    if loss.empty:
+        raise NotApplicable("no training loss logged")
+    first_step = int(loss.index[0])
+    if first_step > int(ctx.p("max_first_step")):
+        raise NotApplicable(f"first training loss logged at step {first_step}, too late to be the initial loss")
+    l0 = float(loss.iloc[0])
+    expected = math.log(n)
+    tol = float(ctx.p("rel_tol")) * expected
+    if not math.isfinite(l0):
+        return  # NaN at step 0 is nan-or-inf's finding
+    if abs(l0 - expected) <= tol:
+        return
+    direction = "above" if l0 > expected else "below"
+    hint = ("the model is confidently wrong at init: inputs unnormalized, init too large, or a last-layer bias"
+            if l0 > expected else "the loss starts below chance: a label leak, wrong reduction, or mislabeled targets")
+    yield ctx.finding(
+        f"initial loss {fmt(l0)} at step {first_step} is {direction} ln({n}) = {fmt(expected)} by "
+        f"{fmt(abs(l0 - expected))} > {fmt(tol)}; {hint}",
+        steps=(first_step, first_step),
+        evidence={"initial_loss": l0, "expected": expected, "num_classes": n, "tolerance": tol, "criterion": crit},
+        fix_values={"expected": fmt(expected), "n": n},
+    )
+
+
+@detector("unnormalized-inputs")
+def unnormalized_inputs(ctx: Context) -> Iterator[Finding]:
+    ev = events(ctx.run, "input_scale")
+    if ev.empty:
+        raise NotApplicable("no input_scale event")
+    row = ev.iloc[0]
+    d = detail(row)
+    if d.get("integer") or str(d.get("dtype", "")).startswith(("torch.int", "torch.long", "int", "torch.bool")):
+        raise NotApplicable("integer inputs (token ids / indices)")
+    mods = [m for m in modules(ctx.run) if not _is_container(m)]
+    if mods and str(mods[0].get("type", "")).startswith("Embedding"):
+        raise NotApplicable("the model starts with an embedding")
+
+    def num(key: str) -> float:
+        try:
+            v = float(d.get(key))
+        except (TypeError, ValueError):
+            return float("nan")
+        return v
+
+    mean, std, fmax = num("mean"), num("std"), num("feature_std_max")
+    lo, hi = num("min"), num("max")
+    limit = float(ctx.p("max_scale"))
+    measures = {"|mean|": abs(mean), "std": std, "largest feature std": fmax}
+    over = {k: v for k, v in measures.items() if np.isfinite(v) and v > limit}
+    if not over:
+        return
+    key, val = max(over.items(), key=lambda kv: kv[1])
+    raw_pixels = np.isfinite(hi) and 100 < hi <= 255.5 and np.isfinite(lo) and lo >= 0
+    yield ctx.finding(
+        f"model input {key} {fmt(val)} > {fmt(limit)} (mean {fmt(mean)}, std {fmt(std)}, range "
+        f"{fmt(lo)}..{fmt(hi)}" + (", looks like raw 0..255 pixels" if raw_pixels else "") + ")",
+        steps=(int(row["step"]), int(row["step"])),
+        evidence={"mean": mean, "std": std, "min": lo, "max": hi, "feature_std_max": fmax, "threshold": limit},
+        fix_values={"scale_hint": "divide by 255 then normalize with the dataset mean/std" if raw_pixels
+                    else "standardize each feature with the training set's mean and std"},
+    )

@@ -1,0 +1,113 @@
+"""Learning-rate rules: update-to-weight ratios (||dW||/||W|| per optimizer step) and the loss.
+
+A healthy step changes a weight by about 1e-3 of its norm (healthy band roughly 1e-4..1e-1). The
+ratio alone is not enough: fine-tuning legitimately takes tiny steps, small nets under Adam take
+large ones. So a too-low ratio needs a loss that is not falling, and a too-high ratio needs a loss
+that is not falling, swinging or blowing up (unless the ratio is absurd on its own). The suggested
+LR scales the current one so that the median ratio lands on `target_ratio` (updates scale
+linearly with the LR for SGD and Adam alike).
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import numpy as np
+import pandas as pd
+
+from trainscope.rules.detectors._common import current_lr, fmt, is_compute, layer_rows, pivot, sig1, train_loss
+from trainscope.rules.finding import Finding
+from trainscope.rules.registry import Context, NotApplicable, detector
+
+
+def _ratios(ctx: Context) -> tuple[pd.Series, pd.DataFrame]:
+    """Median update ratio across compute layers, per recorded step, at the run's working LR."""
+    u = layer_rows(ctx.run, "update")
+    u = u[u["module_type"].map(is_compute)]
+    table = pivot(u, "ratio")
+    table = table.where(table > 0)  # an exact 0 is a frozen layer: another problem
+    per_step = table.median(axis=1, skipna=True).dropna()
+    per_step = per_step[np.isfinite(per_step)]
+    # judge at the working LR: leave out warmup and the decayed tail of a schedule
+    lr = ctx.run.scalar("lr/0")
+    if not lr.empty and lr.max() > 0:
+        working = lr[lr >= 0.3 * lr.max()].index
+        kept = per_step[per_step.index.isin(working)]
+        if len(kept) >= int(ctx.p("min_steps")):
+            per_step = kept
+    if len(per_step) < int(ctx.p("min_steps")):
+        raise NotApplicable(f"only {len(per_step)} recorded steps with weight updates")
+    return per_step, table
+
+
+def _loss_drop(ctx: Context) -> tuple[float | None, bool]:
+    """Relative drop of the training loss (first vs last tenth) and whether it went non-finite."""
+    loss = train_loss(ctx.run)
+    if loss.empty:
+        return None, False
+    nonfinite = bool((~np.isfinite(loss)).any())
+    loss = loss[np.isfinite(loss)]
+    if len(loss) < 4:
+        return None, nonfinite
+    k = max(2, len(loss) // 10)
+    start, end = float(loss.iloc[:k].median()), float(loss.iloc[-k:].median())
+    if start <= 0:
+        return None, nonfinite
+    return (start - end) / abs(start), nonfinite
+
+
+def _suggest(ctx: Context, measured: float) -> tuple[str, float]:
+    lr = current_lr(ctx.run)
+    factor = float(ctx.p("target_ratio")) / measured
+    factor = float(np.clip(factor, 1e-3, 1e3))
+    return (sig1(lr * factor) if lr else f"{sig1(factor)}x the current value"), factor
+
+
+@detector("lr-too-low")
+def lr_too_low(ctx: Context) -> Iterator[Finding]:
+    per_step, _ = _ratios(ctx)
+    med = float(per_step.median())
+    thr = float(ctx.p("ratio_min"))
+    if med >= thr:
+        return
+    drop, _ = _loss_drop(ctx)
+    max_drop = float(ctx.p("max_loss_drop"))
+    if drop is not None and drop > max_drop:
+        return  # the loss is falling well: small steps are working (e.g. fine-tuning)
+    new_lr, factor = _suggest(ctx, med)
+    lr = current_lr(ctx.run)
+    loss_note = f"; loss fell only {drop:.1%} (<= {max_drop:.0%})" if drop is not None else ""
+    yield ctx.finding(
+        f"median update ratio ||dW||/||W|| {fmt(med)} < {fmt(thr)} per step over steps "
+        f"{int(per_step.index[0])}-{int(per_step.index[-1])}{loss_note}",
+        steps=(int(per_step.index[0]), int(per_step.index[-1])),
+        evidence={"update_ratio": med, "threshold": thr, "lr": lr, "loss_drop": drop, "suggested_lr": new_lr},
+        fix_values={"lr": fmt(lr) if lr else "?", "lr_new": new_lr, "factor": fmt(factor)},
+    )
+
+
+@detector("lr-too-high")
+def lr_too_high(ctx: Context) -> Iterator[Finding]:
+    per_step, _ = _ratios(ctx)
+    med = float(per_step.median())
+    thr = float(ctx.p("ratio_max"))
+    drop, nonfinite = _loss_drop(ctx)
+    extreme = float(ctx.p("ratio_extreme"))
+    struggling = nonfinite or (drop is not None and drop < float(ctx.p("min_loss_drop")))
+    if not (med > extreme or (med > thr and (struggling or drop is None))):
+        return
+    new_lr, factor = _suggest(ctx, med)
+    lr = current_lr(ctx.run)
+    if nonfinite:
+        loss_note = "; the loss went NaN/Inf"
+    elif drop is not None:
+        loss_note = f"; loss {'fell only' if drop >= 0 else 'rose'} {abs(drop):.1%}"
+    else:
+        loss_note = ""
+    yield ctx.finding(
+        f"median update ratio ||dW||/||W|| {fmt(med)} > {fmt(thr if med <= extreme else extreme)} per step "
+        f"over steps {int(per_step.index[0])}-{int(per_step.index[-1])}{loss_note}",
+        steps=(int(per_step.index[0]), int(per_step.index[-1])),
+        evidence={"update_ratio": med, "threshold": thr, "lr": lr, "loss_drop": drop, "loss_nonfinite": nonfinite,
+                  "suggested_lr": new_lr},
+        fix_values={"lr": fmt(lr) if lr else "?", "lr_new": new_lr, "factor": fmt(factor)},
+    )
