@@ -127,10 +127,8 @@ def _load(directory: str) -> dict[str, CatalogueRule]:
         rules[rule.name] = rule
     if not rules:
         raise CatalogueError(f"rule catalogue {directory} is empty")
-    for rule in rules.values():
-        bad = [x for x in rule.explains if x not in rules]
-        if bad:
-            raise CatalogueError(f"rule file {rule.name}.toml: explains unknown rule(s) {', '.join(bad)}")
+    # `explains` naming an unknown rule is harmless at run time (nothing to demote); the
+    # catalogue test reports it
     return dict(sorted(rules.items(), key=lambda kv: kv[1].code))
 
 

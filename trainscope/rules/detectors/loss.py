@@ -194,14 +194,14 @@ def overfitting(ctx: Context) -> list[Finding]:
     t_end = float(np.nanmedian(t[-k:])) if np.isfinite(t[-k:]).any() else np.nan
     if not np.isfinite(t_end):
         return []
-    train_drop = rel(t[b], t_end)  # positive when training kept falling
+    train_drop = -rel(t_end, t[b])  # positive when training kept falling
     val_rise = rel(v_end, v[b])
     gap_best, gap_end = v[b] - t[b], v_end - t_end
-    gap_growth = (gap_end - gap_best) / max(abs(v[b]), 1e-12)
+    rel_gap = gap_end / max(abs(v_end), 1e-12)  # how far validation sits above training at the end
     noise = _val_noise(v)
     rising = val_rise >= ctx.p("min_val_rise") and (v_end - v[b]) > 3 * noise and after >= 2
-    plateau = gap_growth >= ctx.p("min_gap_growth") and after >= max(2, int(0.2 * len(v)))
-    if train_drop < ctx.p("min_train_drop") or not (rising or plateau):
+    plateau = after >= max(2, int(0.2 * len(v)))
+    if train_drop < ctx.p("min_train_drop") or rel_gap < ctx.p("min_gap") or not (rising or plateau):
         return []
     word = _epoch_word(e)
     best_epoch = e.label(b)
@@ -210,7 +210,7 @@ def overfitting(ctx: Context) -> list[Finding]:
         ctx.finding(
             f"val loss lowest {_fmt(v[b])} at {word} {best_epoch}, then {how} by {word} {e.label(len(v) - 1)} "
             f"while train loss fell {train_drop:.0%} ({_fmt(t[b])} -> {_fmt(t_end)}); "
-            f"train-val gap {_fmt(gap_best)} -> {_fmt(gap_end)}",
+            f"train-val gap {_fmt(gap_best)} -> {_fmt(gap_end)} ({rel_gap:.0%} of val loss; threshold {ctx.p('min_gap'):.0%})",
             steps=(int(e.steps[b]), int(e.steps[-1])),
             evidence={
                 "best_epoch": best_epoch,
@@ -221,6 +221,7 @@ def overfitting(ctx: Context) -> list[Finding]:
                 "gap_at_best": gap_best,
                 "final_gap": gap_end,
                 "val_rise": val_rise,
+                "relative_gap": rel_gap,
             },
             fix_values=_common_fix_values(ctx.run),
         )
@@ -289,7 +290,7 @@ def underfitting(ctx: Context) -> list[Finding]:
     remaining = end / head
     third = float(sm.iloc[int(len(sm) * 2 / 3)])
     tail_drop = (third - end) / head
-    if remaining < ctx.p("min_remaining") or tail_drop >= ctx.p("max_tail_drop"):
+    if not ctx.p("min_remaining") <= remaining <= 1.0 or tail_drop >= ctx.p("max_tail_drop"):
         return []
     acc = first_series(ctx.run, TRAIN_ACC_NAMES)
     if acc is not None and len(finite(acc)) and tail_level(finite(acc), 0.1) > ctx.p("max_train_acc"):
@@ -313,24 +314,54 @@ def underfitting(ctx: Context) -> list[Finding]:
     ]
 
 
+def _d2_amplitude(v: np.ndarray) -> float:
+    """Robust amplitude of up-and-down swings: second differences remove any linear trend
+    (a falling or rising curve is not an oscillation); for white noise of std s they have std s*sqrt(6)."""
+    d2 = v[2:] - 2 * v[1:-1] + v[:-2]
+    return float(1.4826 * np.median(np.abs(d2)) / np.sqrt(6))
+
+
 @detector("oscillation")
 def oscillation(ctx: Context) -> list[Finding]:
+    fv = _common_fix_values(ctx.run)
+    # 1. validation curve: evaluated on a fixed set, so its swings are the weights jumping around
+    e = eval_curve(ctx.run, VAL_LOSS_NAMES)
+    if e is not None and len(e) >= 6:
+        v = e.val
+        level = float(np.median(v))
+        d = np.diff(v)
+        reversals = float(np.mean(np.sign(d[1:]) != np.sign(d[:-1])))
+        amp = _d2_amplitude(v) / level if level > 0 else 0.0
+        if amp >= ctx.p("min_val_swing") and reversals >= ctx.p("min_reversals"):
+            word = _epoch_word(e)
+            return [
+                ctx.finding(
+                    f"val loss swings {amp:.0%} of its level {_fmt(level)} from {word} to {word} "
+                    f"(threshold {ctx.p('min_val_swing'):.0%}) and changes direction at {reversals:.0%} of "
+                    f"{word}s (threshold {ctx.p('min_reversals'):.0%}) instead of settling",
+                    steps=(int(e.steps[0]), int(e.steps[-1])),
+                    evidence={"val_swing": amp, "reversals": reversals, "level": level, "points": len(v)},
+                    fix_values=fv,
+                )
+            ]
+    # 2. training curve, second half, in windows (medians kill minibatch noise)
     t = finite(_train_loss(ctx.run))
     half = t.iloc[len(t) // 2 :]
     if len(half) < ctx.p("min_points"):
+        if e is not None and len(e) >= 6:
+            return []
         raise NotApplicable(f"only {len(half)} training-loss values in the second half (needs {ctx.p('min_points')})")
     size = max(3, len(half) // 20)
-    m = block_medians(half, size)
+    m = block_medians(half, size).to_numpy()
     level = float(np.median(m))
     if level <= 0 or len(m) < 6:
         return []
     vals = half.to_numpy()[: len(m) * size].reshape(len(m), size)
     within = 1.4826 * np.median(np.abs(vals - np.median(vals, axis=1, keepdims=True)))
-    d = np.diff(m.to_numpy())
-    swing = float(np.median(np.abs(d))) / level
-    expected = (1.2533 * within) ** 2 / size * 2  # variance of a difference of two block medians
-    observed = float(np.median(d**2)) / 0.4549  # median of chi2(1) -> variance
-    excess = observed / max(expected, 1e-30)
+    amp = _d2_amplitude(m)
+    swing = amp / level
+    expected = (1.2533 * within) ** 2 / size  # variance of a block median under pure minibatch noise
+    excess = amp**2 / max(expected, 1e-30)
     if swing < ctx.p("min_swing") or excess < ctx.p("min_excess"):
         return []
     return [
@@ -340,7 +371,7 @@ def oscillation(ctx: Context) -> list[Finding]:
             f"{excess:.3g}x the variance minibatch noise explains (threshold {ctx.p('min_excess'):g}x)",
             steps=_span(half),
             evidence={"swing": swing, "level": level, "noise_excess": excess, "window": size},
-            fix_values=_common_fix_values(ctx.run),
+            fix_values=fv,
         )
     ]
 
@@ -369,14 +400,20 @@ def slow_start(ctx: Context) -> list[Finding]:
         first = finite(lr)[finite(lr).index <= m.index[1]]
         if len(first) >= 2 and first.iloc[-1] >= 1.5 * first.iloc[0]:
             return []  # learning-rate warmup: a slow start is by design
-    unit = "epochs" if size == 1 and n_epochs(ctx.run) else "values"
-    end_step = int(m.index[0])
+    epoch_level = n_epochs(ctx.run) == len(t)
+    unit = "epoch" if epoch_level else "step"
+
+    def span(i: int) -> str:  # the steps (or epochs) block i covers
+        lo, hi = t.index[i * size], t.index[(i + 1) * size - 1]
+        return f"{unit} {lo}" if lo == hi else f"{unit}s {lo}-{hi}"
+
     return [
         ctx.finding(
-            f"train loss fell only {early / total:.0%} of its total decrease in the first {size} {unit} "
-            f"({_fmt(float(t.iloc[0]))} -> {_fmt(float(mv[1]))}, until step {m.index[1]}), "
-            f"later {fastest / max(early, 1e-12):.3g}x faster (threshold {ctx.p('min_speedup'):g}x)",
-            steps=(int(t.index[0]), end_step if size > 1 else int(m.index[1])),
+            f"smoothed train loss moved from {_fmt(float(mv[0]))} ({span(0)}) to {_fmt(float(mv[1]))} ({span(1)}): "
+            f"{early / total:.0%} of its total decrease (threshold {ctx.p('max_early_share'):.0%}); "
+            + (f"a later window fell {fastest / early:.3g}x faster (threshold {ctx.p('min_speedup'):g}x)"
+               if early > 0 else f"then a later window fell by {_fmt(fastest)}"),
+            steps=(int(t.index[0]), int(t.index[2 * size - 1])),
             evidence={
                 "early_drop": float(early),
                 "total_drop": float(total),
