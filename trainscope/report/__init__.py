@@ -1,0 +1,106 @@
+"""The HTML report: one self-contained, offline file showing the run, the findings and the fix.
+
+    from trainscope.report import write_report
+    write_report(run, trainscope.diagnose(run), "runs/exp1/report.html")
+
+Findings come first (most severe first); each links to the figure that shows it, and that figure
+marks it (best epoch, divergence step, the flagged layers). See docs/report.md.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+
+from trainscope.errors import TrainscopeError
+from trainscope.report import data as D
+from trainscope.report import figures as F
+from trainscope.report.html import page, sort_findings
+from trainscope.rules.finding import Finding
+from trainscope.store import schema
+from trainscope.store.run import Run
+
+__all__ = ["render_report", "write_report", "default_report_path"]
+
+
+def _has(df, kind: str, stat: str) -> bool:
+    if df.empty or stat not in df:
+        return False
+    sub = df[df["kind"] == kind]
+    if sub[stat].notna().any():
+        return True
+    # a stat that applies to every layer (norm, mean) is still worth a figure when all are NaN/Inf
+    return stat not in D.CONDITIONAL_STATS and "nonfinite" in sub and bool((sub["nonfinite"] > 0).any())
+
+
+def available_sections(run: Run) -> set[str]:
+    """Which figure sections this run has data for (cheap: no figure is built)."""
+    names = set(run.scalar_names()) if not run.scalars.empty else set()
+    present = {"run"}
+    if any(D.is_loss(n) for n in names):
+        present.add("loss")
+    if any(n.startswith(schema.LR_PREFIX) for n in names):
+        present.add("lr")
+    if schema.GRAD_NORM in names:
+        present.add("grad-norm")
+    lay = run.layers
+    if _has(lay, "grad", "norm"):
+        present.add("grad")
+    if _has(lay, "activation", "frac_dead") or _has(lay, "activation", "frac_zero"):
+        present.add("act-dead")
+    if _has(lay, "activation", "frac_saturated"):
+        present.add("act-sat")
+    if _has(lay, "activation", "mean") and _has(lay, "activation", "std"):
+        present.add("act-stats")
+    if _has(lay, "update", "ratio"):
+        present.add("update")
+    if not run.init.empty:
+        present.add("init")
+    return present
+
+
+def render_report(run: Run, findings: Iterable[Finding]) -> str:
+    """The report as one HTML string (plotly.js embedded once; no network access when opened)."""
+    findings = sort_findings(findings)
+    anchors = [f"finding-{i + 1}" for i in range(len(findings))]
+    present = available_sections(run)
+    targets = [D.section_for(f, present) for f in findings]
+    marks: dict[str, list[D.Mark]] = {}
+    for f, a, t in zip(findings, anchors, targets):
+        marks.setdefault(t, []).extend(D.marks_for(f, a))
+    sections: list[F.Section] = []
+    with np.errstate(all="ignore"):
+        for sid, build in F.BUILDERS:
+            sec = build(run, marks.get(sid, []))
+            if sec is not None:
+                sections.append(sec)
+    built = {s.id for s in sections}
+    # a section the cheap check expected but that came out empty: link to the run card instead
+    targets = [t if t in built else "run" for t in targets]
+    return page(run, findings, anchors, targets, sections, built)
+
+
+def default_report_path(run_path: str | os.PathLike[str]) -> Path:
+    """RUN/report.html for a run directory; <log>.report.html next to an imported log file."""
+    p = Path(run_path)
+    if p.is_dir():
+        return p / "report.html"
+    return p.with_name(p.name + ".report.html") if p.suffix == "" else p.with_suffix(".report.html")
+
+
+def write_report(run: Run, findings: Iterable[Finding], path: str | os.PathLike[str] | None = None) -> Path:
+    """Write the report atomically (a half-written file never replaces a good one) and return its path."""
+    out = Path(path) if path is not None else default_report_path(run.path)
+    text = render_report(run, findings)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=out.parent)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, out)
+    except OSError as e:
+        raise TrainscopeError(f"cannot write the report to {out}: {e.strerror or e}") from e
+    return out

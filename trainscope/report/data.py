@@ -1,0 +1,291 @@
+"""Read what the report plots out of a `Run`: loss series, per-layer matrices, finding marks.
+
+Pure pandas/numpy over the stored frames; nothing here draws. Kept apart from `figures.py` so
+the selection rules (which scalar is a validation loss, which evidence key is a step) are easy
+to read and test.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from trainscope.rules.finding import Finding, Severity
+from trainscope.store import schema
+from trainscope.store.run import Run
+
+# Probe-written scalars that are not metrics of the user's model.
+PROBE_PREFIXES = (schema.LR_PREFIX, schema.MOMENTUM_PREFIX, "loop/")
+VAL_RE = re.compile(r"(^|[/_.\-\s])(val|valid|validation|test|eval|dev)([/_.\-\s]|$)|^(val|valid|test|eval)", re.I)
+
+
+def is_loss(name: str) -> bool:
+    return "loss" in name.lower() and not name.startswith(PROBE_PREFIXES)
+
+
+def is_validation(name: str) -> bool:
+    return bool(VAL_RE.search(name))
+
+
+def ranks_of(df: pd.DataFrame) -> list[int]:
+    if "rank" not in df or df.empty:
+        return [0]
+    return sorted(int(r) for r in pd.unique(df["rank"].dropna()))
+
+
+def main_rank(df: pd.DataFrame) -> pd.DataFrame:
+    """Rows of the lowest rank (rank 0 in a DDP run): one curve per quantity by default."""
+    ranks = ranks_of(df)
+    if len(ranks) <= 1:
+        return df
+    return df[df["rank"] == ranks[0]]
+
+
+@dataclass(frozen=True)
+class Series:
+    name: str
+    step: np.ndarray
+    value: np.ndarray
+    epoch: np.ndarray  # NaN where unknown
+
+
+def scalar_series(run: Run, name: str, rank: int | None = None) -> Series:
+    df = run.scalars
+    df = df[df["name"] == name]
+    if rank is None:
+        df = main_rank(df)
+    else:
+        df = df[df["rank"] == rank]
+    df = df.sort_values("step", kind="stable").drop_duplicates("step", keep="last")
+    epoch = df["epoch"].to_numpy(dtype=np.float64, na_value=np.nan) if "epoch" in df else np.full(len(df), np.nan)
+    return Series(
+        name,
+        df["step"].to_numpy(dtype=np.float64),
+        df["value"].to_numpy(dtype=np.float64, na_value=np.nan),
+        epoch,
+    )
+
+
+def differing_rank_scalars(run: Run, rtol: float = 1e-6) -> list[str]:
+    """Scalar names whose values differ between ranks (the per-rank curves worth showing)."""
+    df = run.scalars
+    if len(ranks_of(df)) <= 1:
+        return []
+    out = []
+    for name, g in df.groupby("name", sort=True):
+        if name.startswith(PROBE_PREFIXES) or g["rank"].nunique() <= 1:
+            continue
+        wide = g.pivot_table(index="step", columns="rank", values="value", aggfunc="last")
+        spread = (wide.max(axis=1) - wide.min(axis=1)).abs()
+        scale = wide.abs().max(axis=1).clip(lower=1e-12)
+        if bool(((spread / scale) > rtol).any()):
+            out.append(str(name))
+    return out
+
+
+def smooth(value: np.ndarray) -> np.ndarray:
+    """EMA over about 2% of the run (TensorBoard-like, bias corrected); NaN where the raw is not finite."""
+    s = pd.Series(np.where(np.isfinite(value), value, np.nan))
+    span = max(2.0, len(s) / 50.0)
+    out = s.ewm(span=span, ignore_na=True).mean().to_numpy(copy=True)
+    out[~np.isfinite(value)] = np.nan
+    return out
+
+
+def per_epoch_mean(series: Series) -> tuple[np.ndarray, np.ndarray]:
+    """(epoch, mean of finite values in that epoch; NaN if none were finite)."""
+    ok = np.isfinite(series.epoch)
+    if not ok.any():
+        return np.empty(0), np.empty(0)
+    df = pd.DataFrame({"epoch": series.epoch[ok], "v": series.value[ok]})
+    df["f"] = np.where(np.isfinite(df["v"]), df["v"], np.nan)
+    g = df.groupby("epoch", sort=True)
+    mean = g["f"].mean()
+    has_bad = g["v"].apply(lambda v: (~np.isfinite(v)).any())
+    vals = np.where(mean.isna() & has_bad, np.nan, mean.to_numpy())
+    return mean.index.to_numpy(dtype=np.float64), vals
+
+
+@dataclass(frozen=True)
+class LayerMatrix:
+    """One stat of one kind as [layers (input -> output), recorded steps]."""
+
+    layers: list[str]
+    module_types: list[str]
+    steps: np.ndarray
+    values: np.ndarray  # NaN: not recorded (or stat does not apply)
+    bad: np.ndarray  # the tensor held NaN/Inf at that step
+
+    @property
+    def empty(self) -> bool:
+        return not self.layers or not np.isfinite(self.values).any() and not self.bad.any()
+
+    def latest(self) -> np.ndarray:
+        """Last finite value per layer (NaN if none)."""
+        out = np.full(len(self.layers), np.nan)
+        for i, row in enumerate(self.values):
+            idx = np.flatnonzero(np.isfinite(row))
+            if len(idx):
+                out[i] = row[idx[-1]]
+        return out
+
+
+def layer_order(df: pd.DataFrame) -> list[str]:
+    """Layers sorted input -> output: by the probe's forward `order`, unknown (-1) last."""
+    if df.empty:
+        return []
+    first = {name: i for i, name in enumerate(pd.unique(df["layer"]))}
+    if "order" in df:
+        o = df[df["order"] >= 0].groupby("layer")["order"].min().to_dict()
+    else:
+        o = {}
+    big = 1 << 30
+    return sorted(first, key=lambda n: (int(o.get(n, big)), first[n]))
+
+
+# Stats that exist only for some layers (NaN elsewhere by design, see schema.LAYER_STATS).
+CONDITIONAL_STATS = ("frac_dead", "frac_saturated", "ratio")
+
+
+def layer_matrix(run: Run, kind: str, stat: str) -> LayerMatrix:
+    df = main_rank(run.layers)
+    df = df[df["kind"] == kind]
+    if stat not in df or df.empty:
+        return LayerMatrix([], [], np.empty(0), np.empty((0, 0)), np.empty((0, 0), bool))
+    vals = df[stat].to_numpy(dtype=np.float64, na_value=np.nan)
+    nonfinite = df["nonfinite"].to_numpy(dtype=np.float64, na_value=0.0) if "nonfinite" in df else np.zeros(len(df))
+    bad_rows = (nonfinite > 0) | np.isinf(vals)
+    keep = ~np.isnan(vals) | bad_rows
+    if not keep.any():
+        return LayerMatrix([], [], np.empty(0), np.empty((0, 0)), np.empty((0, 0), bool))
+    df, vals, bad_rows = df[keep], vals[keep], bad_rows[keep]
+    if stat in CONDITIONAL_STATS:
+        # NaN/Inf rows of a layer this stat never applied to (e.g. saturation of a ReLU) are not news
+        applies = set(df.loc[~np.isnan(vals), "layer"].unique())
+        sel = df["layer"].isin(applies).to_numpy()
+        df, vals, bad_rows = df[sel], vals[sel], bad_rows[sel]
+        if df.empty:
+            return LayerMatrix([], [], np.empty(0), np.empty((0, 0)), np.empty((0, 0), bool))
+    names = layer_order(df)
+    pos = {n: i for i, n in enumerate(names)}
+    li = df["layer"].map(pos).to_numpy(dtype=np.int64)
+    steps, si = np.unique(df["step"].to_numpy(dtype=np.int64), return_inverse=True)
+    values = np.full((len(names), len(steps)), np.nan)
+    bad = np.zeros((len(names), len(steps)), dtype=bool)
+    values[li, si] = np.where(bad_rows, np.nan, vals)
+    bad[li, si] = bad_rows
+    types = df.drop_duplicates("layer").set_index("layer")["module_type"].reindex(names).fillna("").astype(str)
+    return LayerMatrix(names, types.tolist(), steps, values, bad)
+
+
+# ----------------------------------------------------------------------------- findings -> marks
+
+
+@dataclass(frozen=True)
+class Mark:
+    """Something a finding points at, drawn on the figure that shows it."""
+
+    anchor: str  # id of the finding card, e.g. "finding-2"
+    rule: str
+    severity: Severity
+    label: str  # "best epoch 11"
+    steps: tuple[float, ...] = ()  # vertical lines at these steps
+    epochs: tuple[float, ...] = ()  # vertical lines at these epochs
+    step_range: tuple[float, float] | None = None  # shaded span
+    layers: tuple[str, ...] = ()  # highlighted layers
+
+
+def _number(v: Any) -> float | None:
+    if isinstance(v, bool):
+        return None
+    if isinstance(v, (int, float, np.integer, np.floating)) and math.isfinite(float(v)):
+        return float(v)
+    return None
+
+
+def marks_for(finding: Finding, anchor: str) -> list[Mark]:
+    """Marks from the evidence: keys `step`/`*_step` and `epoch`/`*_epoch`, the step range, the layers.
+
+    Works on any finding (missing keys just give fewer marks), so a new rule gets marks for free
+    as long as its evidence names steps and epochs this way.
+    """
+    marks: list[Mark] = []
+    ev = finding.evidence_dict
+    for key, val in ev.items():
+        k = key.lower()
+        num = _number(val)
+        if num is None:
+            continue
+        label = f"{finding.name}: {key.replace('_', ' ')} {val:g}" if isinstance(val, float) else f"{finding.name}: {key.replace('_', ' ')} {val}"
+        if k == "step" or k.endswith("_step"):
+            marks.append(Mark(anchor, finding.name, finding.severity, label, steps=(num,)))
+        elif k == "epoch" or k.endswith("_epoch"):
+            marks.append(Mark(anchor, finding.name, finding.severity, label, epochs=(num,)))
+    layers = list(finding.layers)
+    for key in ("layer", "first_layer", "last_layer"):
+        v = ev.get(key)
+        if isinstance(v, str) and v and v not in layers:
+            layers.append(v)
+    rng = None
+    if finding.steps is not None and finding.steps[1] > finding.steps[0]:
+        rng = (float(finding.steps[0]), float(finding.steps[1]))
+    if layers or rng or not marks:
+        marks.append(Mark(anchor, finding.name, finding.severity, f"{finding.name}", step_range=rng,
+                          layers=tuple(layers)))
+    return marks
+
+
+# Which section shows a rule's evidence, in order of preference (the first present wins).
+RULE_SECTIONS: dict[str, tuple[str, ...]] = {
+    "loss-not-decreasing": ("loss",),
+    "divergence": ("loss", "grad-norm"),
+    "overfitting": ("loss",),
+    "underfitting": ("loss",),
+    "oscillation": ("loss",),
+    "no-early-stopping": ("loss",),
+    "slow-start": ("loss",),
+    "initial-loss-mismatch": ("loss",),
+    "no-validation": ("loss",),
+    "softmax-before-cross-entropy": ("loss",),
+    "output-activation-mismatch": ("loss",),
+    "vanishing-gradients": ("grad", "grad-norm"),
+    "exploding-gradients": ("grad", "grad-norm"),
+    "unstable-gradients": ("grad-norm", "grad"),
+    "nan-or-inf": ("grad", "loss"),
+    "missing-zero-grad": ("grad-norm", "grad"),
+    "dead-relu": ("act-dead", "act-stats"),
+    "saturated-activations": ("act-sat", "act-stats"),
+    "collapsed-activations": ("act-stats", "act-dead"),
+    "poor-initialization": ("init",),
+    "lr-too-high": ("update", "lr", "loss"),
+    "lr-too-low": ("update", "lr", "loss"),
+    "scheduler-step-cadence": ("lr",),
+    "unnormalized-inputs": ("act-stats",),
+    "eval-mode-during-training": ("run",),
+    "adam-l2-weight-decay": ("run",),
+    "batchnorm-small-batch": ("run",),
+    "dropout-before-batchnorm": ("run",),
+}
+
+
+def section_for(finding: Finding, present: set[str]) -> str:
+    """The section a finding links to; unknown rules fall back on what their evidence names."""
+    prefs = RULE_SECTIONS.get(finding.name)
+    if finding.name == "nan-or-inf" and str(finding.evidence_dict.get("tensor", "")).lower() == "loss":
+        prefs = ("loss", "grad")
+    if prefs is None:
+        ev = {k.lower() for k in finding.evidence_dict}
+        if finding.layers or ev & {"layer", "layers"}:
+            prefs = ("grad", "act-dead", "update")
+        elif any(k.endswith("epoch") or k.endswith("step") for k in ev):
+            prefs = ("loss",)
+        else:
+            prefs = ("run",)
+    for p in prefs:
+        if p in present:
+            return p
+    return "run"
