@@ -1,0 +1,195 @@
+"""The `trainscope` command line: diagnose runs, browse the rule catalogue.
+
+    trainscope diagnose RUN [--format text|json] [--select ..] [--ignore ..] [--set NAME.param=value]
+                            [--fail-on error|warning|info|never] [--config FILE] [--html PATH | --no-html]
+    trainscope rules
+    trainscope rule NAME|CODE
+
+Exit codes: 0 clean, 1 findings at or above --fail-on, 2 bad input (one line on stderr, no traceback).
+Other packages add commands through `register(app)` in trainscope.report.commands and
+trainscope.train.commands.
+"""
+from __future__ import annotations
+
+import importlib
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+from trainscope.errors import TrainscopeError
+
+app = typer.Typer(
+    name="trainscope",
+    help="Why is my PyTorch training run failing, and what should I change?",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+
+EXTENSIONS = ("trainscope.report.commands", "trainscope.train.commands")
+MOUNT_ERRORS: dict[str, str] = {}
+
+
+class Format(str, Enum):
+    text = "text"
+    json = "json"
+
+
+class FailOn(str, Enum):
+    error = "error"
+    warning = "warning"
+    info = "info"
+    never = "never"
+
+
+def fail(message: str) -> typer.Exit:
+    """Print one line to stderr and return the exit-2 exception to raise."""
+    typer.echo(f"trainscope: error: {message}", err=True)
+    return typer.Exit(2)
+
+
+def _split(values: Optional[List[str]]) -> list[str]:
+    """`--select a,b --select c` -> [a, b, c]."""
+    return [v.strip() for item in values or [] for v in item.split(",") if v.strip()]
+
+
+def default_html_path(run_path: Path) -> Path:
+    """RUN/report.html for a folder; <stem>.report.html next to a log file."""
+    if run_path.is_dir():
+        return run_path / "report.html"
+    return run_path.with_name(f"{run_path.stem}.report.html")
+
+
+def _write_html(run: Any, findings: list, path: Path) -> tuple[Path | None, str | None]:
+    try:
+        from trainscope.report import write_report
+    except ImportError as e:
+        return None, f"HTML report skipped (trainscope.report unavailable: {e})"
+    try:
+        return write_report(run, findings, path), None
+    except (OSError, TrainscopeError) as e:
+        return None, f"HTML report not written: {e}"
+
+
+@app.command()
+def diagnose(
+    run: Path = typer.Argument(..., help="Run directory, or a CSV/TSV/JSON-lines log or TensorBoard event folder."),
+    format: Format = typer.Option(Format.text, "--format", "-f", help="Output format."),
+    select: Optional[List[str]] = typer.Option(None, "--select", help="Rules to run: names, codes or prefixes (TS1)."),
+    ignore: Optional[List[str]] = typer.Option(None, "--ignore", help="Rules to skip: names, codes or prefixes."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Rule parameter, NAME.param=value (repeatable)."),
+    fail_on: Optional[FailOn] = typer.Option(None, "--fail-on", help="Exit 1 on findings at or above this severity [default: error]."),
+    config: Optional[Path] = typer.Option(None, "--config", help="Config file (trainscope.toml or pyproject.toml)."),
+    html: Optional[Path] = typer.Option(None, "--html", help="Where to write the HTML report."),
+    no_html: bool = typer.Option(False, "--no-html", help="Do not write the HTML report."),
+) -> None:
+    """Diagnose a training run: findings, most severe first, each with its evidence and fixes."""
+    from trainscope.rules.config import load_config, merge_settings, parse_set
+    from trainscope.rules.engine import diagnose_report
+    from trainscope.rules.finding import Severity
+    from trainscope.rules.render import render_json, render_text
+
+    if html is not None and no_html:
+        raise fail("--html and --no-html exclude each other")
+    try:
+        cfg = load_config(config if config is not None else Path.cwd())
+        sel = _split(select) or cfg.select
+        ign = cfg.ignore + _split(ignore)
+        settings = merge_settings(cfg.settings, parse_set(set_ or []))
+        threshold = fail_on.value if fail_on is not None else (cfg.fail_on or "error")
+        if threshold not in [f.value for f in FailOn]:
+            raise TrainscopeError(f"fail-on {threshold!r} must be one of error, warning, info, never")
+        if not run.exists():
+            raise TrainscopeError(f"{run}: no such file or directory")
+        report = diagnose_report(run, select=sel, ignore=ign, settings=settings)
+    except TrainscopeError as e:
+        raise fail(str(e)) from None
+    except (OSError, ValueError) as e:  # unreadable files, bad values the loaders did not word
+        raise fail(f"{run}: {e}") from None
+
+    name = report.run.name
+    if format is Format.json:
+        typer.echo(render_json(name, report.findings, report.skipped, report.crashed, report.run.source))
+    else:
+        typer.echo(render_text(str(run), report.findings, report.skipped, report.crashed))
+
+    if not no_html:
+        written, note = _write_html(report.run, report.findings, html or default_html_path(run))
+        message = f"HTML report: {written}" if written else note
+        typer.echo(message, err=format is Format.json)
+
+    if threshold != "never":
+        limit = Severity(threshold).rank
+        if any(f.severity.rank >= limit for f in report.findings):
+            raise typer.Exit(1)
+
+
+@app.command("rules")
+def list_rules() -> None:
+    """The rule catalogue: code, name, severity, family, title."""
+    from trainscope.rules.catalogue import load_catalogue
+
+    try:
+        cat = load_catalogue()
+    except TrainscopeError as e:
+        raise fail(str(e)) from None
+    rows = [(r.code, r.name, r.severity.value, r.family, r.title) for r in cat.values()]
+    widths = [max(len(row[i]) for row in rows + [("code", "name", "severity", "family", "")]) for i in range(4)]
+    typer.echo("  ".join(h.ljust(w) for h, w in zip(("code", "name", "severity", "family"), widths)) + "  title")
+    for row in rows:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(row[:4], widths)) + "  " + row[4])
+
+
+@app.command("rule")
+def show_rule(rule: str = typer.Argument(..., help="Rule name or code, e.g. overfitting or TS103.")) -> None:
+    """A rule's documentation: what it detects, why it matters, example, fix, parameters."""
+    from trainscope.rules.catalogue import find_rule
+
+    try:
+        r = find_rule(rule)
+    except TrainscopeError as e:
+        raise fail(str(e)) from None
+    doc = r.doc or {}
+    out = [f"{r.code} {r.name} ({r.severity.value}, {r.family}): {r.title}", f"Playbook: {r.reference}", ""]
+    out += ["What it does", "    " + doc.get("what", ""), "", "Why is this bad?", "    " + doc.get("why", ""), ""]
+    out += ["Example", _indent(doc.get("example", "")), "", "Use instead", _indent(doc.get("fix", "")), ""]
+    out.append("Fixes suggested")
+    out += [f"    {i}. {f}" for i, f in enumerate(r.fixes, 1)]
+    if r.params:
+        out += ["", "Options (--set " + r.name + ".PARAM=VALUE)"]
+        out += [f"    {p.name} = {p.default!r}: {p.help}" for p in r.params.values()]
+    typer.echo("\n".join(out))
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line for line in text.strip("\n").splitlines())
+
+
+def _mount_extensions() -> None:
+    for modname in EXTENSIONS:
+        try:
+            mod = importlib.import_module(modname)
+            mod.register(app)
+        except ModuleNotFoundError as e:
+            if e.name != modname:
+                MOUNT_ERRORS[modname] = f"{type(e).__name__}: {e}"
+        except Exception as e:  # noqa: BLE001 - another package's bug must not break `diagnose`
+            MOUNT_ERRORS[modname] = f"{type(e).__name__}: {e}"
+
+
+_mount_extensions()
+
+
+def main() -> None:
+    try:
+        app()
+    except TrainscopeError as e:
+        typer.echo(f"trainscope: error: {e}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()
