@@ -9,8 +9,11 @@ Root causes and symptoms. A finding may name the rules it explains (`Finding.exp
 the detector, plus the catalogue's static `explains` list). When a finding R explains a finding S
 that is also present, S stays in the list (the evidence is still true and useful) but is demoted:
 severity becomes info, the message gets "(explained by R)", and `explained_by` is added to its
-evidence. So `softmax-before-cross-entropy` + a flat loss reads as one error and an info note,
-not two errors. Two findings that explain each other are both kept as they are.
+evidence. The root cause takes the highest severity among the findings it explains, so nothing
+becomes less urgent overall: a warning-level `lr-too-high` that explains an error-level
+`divergence` is reported as an error, with divergence as an info note under it. So
+`softmax-before-cross-entropy` + a flat loss reads as one error and an info note, not two errors.
+Two findings that explain each other are both kept as they are.
 
 Ordering: severity (error, warning, info), then findings that explain others before the rest, then
 the rule family from causes to symptoms (loop/wiring bugs TS6, initialization TS4, learning rate
@@ -190,21 +193,33 @@ def explain(findings: list[Finding], catalogue: dict[str, CatalogueRule]) -> lis
         return (set(f.explains) | set(static)) - {f.name}
 
     roots = [(f, explained_names(f)) for f in findings]
-    out: list[Finding] = []
-    for f in findings:
+    explained_by: dict[int, list[str]] = {}
+    for i, f in enumerate(findings):
         by = [r.name for r, names in roots if f.name in names and r.name not in explained_names(f)]
-        if not by:
-            out.append(f)
-            continue
-        by = list(dict.fromkeys(by))  # unique, in order
-        out.append(
-            dataclasses.replace(
+        if by:
+            explained_by[i] = list(dict.fromkeys(by))  # unique, in order
+    # a root cause is as urgent as the worst symptom it explains
+    worst: dict[str, Severity] = {}
+    for i, by in explained_by.items():
+        for name in by:
+            cur = worst.get(name)
+            if cur is None or findings[i].severity.rank > cur.rank:
+                worst[name] = findings[i].severity
+    out: list[Finding] = []
+    for i, f in enumerate(findings):
+        if i in explained_by:
+            by = explained_by[i]
+            f = dataclasses.replace(
                 f,
                 severity=Severity.INFO,
                 message=f"{f.message} (explained by {', '.join(by)})",
                 evidence=f.evidence + (("explained_by", ", ".join(by)),),
             )
-        )
+        elif f.name in worst and worst[f.name].rank > f.severity.rank:
+            f = dataclasses.replace(
+                f, severity=worst[f.name], evidence=f.evidence + (("raised_from", f.severity.value),)
+            )
+        out.append(f)
     return out
 
 
