@@ -1,11 +1,16 @@
 """Tiny real training runs recorded with `trainscope.watch` (seconds each on CPU).
 
 Shared by the rule tests: a few synthetic tasks, a few architectures (MLP, CNN, GRU, tiny
-transformer) and one training loop with knobs for the failure modes the rules must catch.
+transformer), one training loop with knobs for the failure modes the rules must catch, and a
+per-session cache of named scenarios (`scenario(name)`) so several tests reuse one run.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import atexit
+import math
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
@@ -51,14 +56,79 @@ def sequence_task(n: int = 1024, length: int = 12, seed: int = 0, n_val: int = 5
     return Data(x[:n], y[:n], x[n:], y[n:], 2)
 
 
-def mlp(d: int = 16, classes: int = 4, hidden: int = 64, depth: int = 2, act: type[nn.Module] = nn.ReLU) -> nn.Module:
+def click_task(n: int = 1024, d: int = 128, seed: int = 0, n_val: int = 256) -> Data:
+    """StreamRec-like click prediction: 128 standardized features, binary label as float (BCE)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n + n_val, d, generator=g)
+    w = torch.randn(d, generator=g) / d**0.5
+    y = ((x @ w + 0.5 * torch.randn(n + n_val, generator=g)) > 0).float().unsqueeze(1)
+    return Data(x[:n], y[:n], x[n:], y[n:], 2)
+
+
+def docs_task(n: int = 1024, d: int = 200, classes: int = 10, seed: int = 0, n_val: int = 256) -> Data:
+    """Document-classifier stand-in: sparse non-negative TF-IDF-like features with class topics."""
+    g = torch.Generator().manual_seed(seed)
+    topics = torch.rand(classes, d, generator=g) ** 4  # each class favours some 'words'
+    y = torch.randint(0, classes, (n + n_val,), generator=g)
+    counts = torch.poisson(topics[y] * 3.0, generator=g)
+    x = torch.log1p(counts)
+    x = x / x.norm(dim=1, keepdim=True).clamp_min(1e-6)  # l2-normalized tf-idf rows
+    return Data(x[:n], y[:n], x[n:], y[n:], classes)
+
+
+def scaled(data: Data, scale: float, shift: float = 0.0) -> Data:
+    """The same task with unnormalized inputs (x * scale + shift)."""
+    return replace(data, x_train=data.x_train * scale + shift, x_val=data.x_val * scale + shift)
+
+
+def mlp(d: int = 16, classes: int = 4, hidden: int = 64, depth: int = 2, act: type[nn.Module] = nn.ReLU,
+        norm: type[nn.Module] | None = None, dropout: float = 0.0, out_act: nn.Module | None = None) -> nn.Sequential:
     layers: list[nn.Module] = []
     width = d
     for _ in range(depth):
-        layers += [nn.Linear(width, hidden), act()]
+        layers.append(nn.Linear(width, hidden))
+        if norm is not None:
+            layers.append(norm(hidden))
+        layers.append(act())
+        if dropout:
+            layers.append(nn.Dropout(dropout))
         width = hidden
     layers.append(nn.Linear(width, classes))
+    if out_act is not None:
+        layers.append(out_act)
     return nn.Sequential(*layers)
+
+
+def streamrec_mlp() -> nn.Sequential:
+    """The StreamRec click-prediction MLP of case study 000: [128 -> 512 -> 256 -> 128 -> 64 -> 1]."""
+    return nn.Sequential(
+        nn.Linear(128, 512), nn.ReLU(), nn.Linear(512, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(),
+        nn.Linear(128, 64), nn.ReLU(), nn.Linear(64, 1),
+    )
+
+
+def init_weights(model: nn.Module, how: str, nonlinearity: str = "relu", std: float = 0.02,
+                 bias: float = 0.0, skip_last: bool = False) -> nn.Module:
+    """Re-initialize every Linear/Conv weight: he | xavier | normal(std); biases to `bias`.
+
+    skip_last keeps PyTorch's default on the output layer: He there makes the logits large and the
+    model confidently wrong at init (initial loss well above ln C).
+    """
+    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.Conv1d, nn.Conv2d))]
+    if skip_last:
+        layers = layers[:-1]
+    for m in layers:
+        if how == "he":
+            nn.init.kaiming_normal_(m.weight, nonlinearity=nonlinearity)
+        elif how == "xavier":
+            nn.init.xavier_uniform_(m.weight)
+        elif how == "normal":
+            nn.init.normal_(m.weight, std=std)
+        else:
+            raise ValueError(how)
+        if m.bias is not None:
+            nn.init.constant_(m.bias, bias)
+    return model
 
 
 def small_cnn(classes: int = 4) -> nn.Module:
@@ -94,6 +164,17 @@ class TinyTransformer(nn.Module):
         return self.head(h.mean(1))
 
 
+def make_optimizer(params: list[nn.Parameter], optimizer: str, lr: float, momentum: float,
+                   weight_decay: float) -> torch.optim.Optimizer:
+    if optimizer == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(optimizer)
+
+
 def train(
     run_dir: str | Path,
     model: nn.Module,
@@ -108,40 +189,224 @@ def train(
     validate: bool = True,
     criterion: nn.Module | None = None,
     scheduler: Callable[[torch.optim.Optimizer, int], object] | None = None,
+    scheduler_per: str = "batch",
     every: int = 10,
     seed: int = 0,
+    zero_grad: bool = True,
+    train_mode: bool = True,
+    accumulate: int = 1,
+    clip: float | None = None,
+    max_steps: int | None = None,
 ) -> "trainscope.store.run.Run":
-    """Train for real, record with trainscope.watch, return the loaded run."""
+    """Train for real, record with trainscope.watch, return the loaded run.
+
+    Knobs for loop bugs: zero_grad=False (never reset .grad), train_mode=False (model.eval() in the
+    loop, as in the document-classifier case study), scheduler_per="epoch"|"batch" (where
+    scheduler.step() is called), accumulate=k (proper gradient accumulation over k micro-batches).
+    """
     torch.manual_seed(seed)
     crit = criterion or nn.CrossEntropyLoss()
     params = [p for p in model.parameters() if p.requires_grad]
-    if optimizer == "adam":
-        opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    elif optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    else:
-        opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+    opt = make_optimizer(params, optimizer, lr, momentum, weight_decay)
     steps_per_epoch = max(1, len(data.x_train) // batch_size)
-    sched = scheduler(opt, epochs * steps_per_epoch) if scheduler else None
+    opt_steps_per_epoch = max(1, steps_per_epoch // accumulate)
+    sched = scheduler(opt, epochs * opt_steps_per_epoch) if scheduler else None
     g = torch.Generator().manual_seed(seed)
+    done = 0
     with trainscope.watch(model, run_dir, optimizer=opt, criterion=crit, scheduler=sched, every=every) as probe:
         for epoch in range(1, epochs + 1):
-            model.train()
+            model.train() if train_mode else model.eval()
             perm = torch.randperm(len(data.x_train), generator=g)
             for i in range(steps_per_epoch):
                 idx = perm[i * batch_size : (i + 1) * batch_size]
-                opt.zero_grad()
+                if zero_grad and i % accumulate == 0:
+                    opt.zero_grad()
                 loss = crit(model(data.x_train[idx]), data.y_train[idx])
-                loss.backward()
+                (loss / accumulate).backward()
+                if (i + 1) % accumulate:
+                    continue
+                if clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
                 opt.step()
-                if sched is not None:
+                if sched is not None and scheduler_per == "batch":
                     sched.step()
                 probe.log(epoch=epoch, train_loss=loss.detach())
+                done += 1
+                if max_steps is not None and done >= max_steps:
+                    break
+            if sched is not None and scheduler_per == "epoch":
+                sched.step()
             if validate:
                 model.eval()
                 with torch.no_grad():
                     out = model(data.x_val)
                     val_loss = crit(out, data.y_val).item()
-                    val_acc = (out.argmax(1) == data.y_val).float().mean().item()
+                    if out.dim() == 2 and out.shape[1] > 1:
+                        val_acc = (out.argmax(1) == data.y_val).float().mean().item()
+                    else:
+                        val_acc = ((out > 0).float() == data.y_val).float().mean().item()
                 probe.log(epoch=epoch, val_loss=val_loss, val_acc=val_acc)
+            if max_steps is not None and done >= max_steps:
+                break
     return trainscope.load_run(run_dir)
+
+
+# ---------------------------------------------------------------------------------------------
+# Named scenarios, trained once per test session.
+
+_ROOT: Path | None = None
+_CACHE: dict[str, "trainscope.store.run.Run"] = {}
+
+
+def _root() -> Path:
+    global _ROOT
+    if _ROOT is None:
+        _ROOT = Path(tempfile.mkdtemp(prefix="trainscope-runs-"))
+        atexit.register(shutil.rmtree, _ROOT, True)
+    return _ROOT
+
+
+def _seq(d: int = 16, classes: int = 4) -> Data:
+    return teacher_task(n=512, d=d, classes=classes, n_val=256)
+
+
+def _he(model: nn.Module) -> nn.Module:
+    return init_weights(model, "he", skip_last=True)
+
+
+def outlier_regression_task(n: int = 512, d: int = 16, frac: float = 0.02, scale: float = 30.0) -> Data:
+    """Regression y = sum of 4 features, where `frac` of the training inputs are `scale`x too large
+    (a unit mix-up): MSE gradients of batches that hold one are hundreds of times larger."""
+    data = teacher_task(n=n, d=d, n_val=128)
+    g = torch.Generator().manual_seed(1)
+    x = data.x_train.clone()
+    x[torch.rand(len(x), generator=g) < frac] *= scale
+    return Data(x, data.x_train[:, :4].sum(1, keepdim=True), data.x_val, data.x_val[:, :4].sum(1, keepdim=True), 1)
+
+
+def _dead_bias_mlp() -> nn.Module:
+    m = mlp(hidden=64, depth=2)
+    _he(m)
+    with torch.no_grad():
+        m[2].bias.fill_(-6.0)  # the second hidden layer starts (and stays) switched off
+    return m
+
+
+def _nan_loss(out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Hand-written cross-entropy: log(softmax) underflows to log(0) = -inf once logits grow."""
+    p = torch.softmax(out, dim=1)
+    return -(torch.log(p[torch.arange(len(y)), y])).mean()
+
+
+class NaiveCE(nn.Module):
+    def forward(self, out: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        return _nan_loss(out, y)
+
+
+def _biased_head() -> nn.Module:
+    m = _he(mlp(hidden=64, depth=2))
+    with torch.no_grad():
+        m[-1].bias.copy_(torch.tensor([12.0, 0.0, 0.0, 0.0]))  # confidently class 0 at init
+    return m
+
+
+def _sched_onecycle(opt: torch.optim.Optimizer, total: int) -> object:
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=total)
+
+
+def _sched_step5(opt: torch.optim.Optimizer, total: int) -> object:
+    return torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.1)  # meant for epochs
+
+
+def _sched_cosine_epochs(epochs: int) -> Callable[[torch.optim.Optimizer, int], object]:
+    return lambda opt, total: torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+
+
+SCENARIOS: dict[str, Callable[[Path], "trainscope.store.run.Run"]] = {
+    # ---- healthy runs of several architectures: no rule of theirs may fire
+    "healthy-mlp": lambda p: train(p, _he(mlp(depth=3)), _seq(), epochs=6, every=5),
+    "healthy-mlp-default-init": lambda p: train(p, mlp(depth=2), _seq(), epochs=6, every=5),
+    "healthy-mlp-bn-dropout": lambda p: train(p, _he(mlp(depth=3, norm=nn.BatchNorm1d, dropout=0.2)), _seq(),
+                                              epochs=6, every=5, optimizer="adamw", weight_decay=1e-2),
+    "healthy-cnn": lambda p: train(p, small_cnn(), teacher_task(n=512, n_val=256, shape=(1, 4, 4)), epochs=6,
+                                   every=5),
+    "healthy-gru": lambda p: train(p, GRUClassifier(), sequence_task(n=512, n_val=256), epochs=6, every=5,
+                                   lr=3e-3, clip=1.0),
+    "healthy-transformer": lambda p: train(p, TinyTransformer(), sequence_task(n=512, n_val=256), epochs=6,
+                                           every=5, optimizer="adamw", weight_decay=1e-2),
+    "healthy-sgd-onecycle": lambda p: train(p, _he(mlp(depth=3)), _seq(), epochs=6, every=5, optimizer="sgd",
+                                            momentum=0.9, lr=3e-3, scheduler=_sched_onecycle),
+    "healthy-sgd-cosine-epochs": lambda p: train(p, _he(mlp(depth=3)), _seq(), epochs=6, every=5, optimizer="sgd",
+                                                 momentum=0.9, lr=0.05, scheduler=_sched_cosine_epochs(6),
+                                                 scheduler_per="epoch"),
+    "healthy-accumulation": lambda p: train(p, _he(mlp(depth=3)), _seq(), epochs=6, every=5, batch_size=16,
+                                            accumulate=4),
+    "healthy-bce-logits": lambda p: train(p, _he(streamrec_mlp()), click_task(n=512), epochs=4, every=5,
+                                          criterion=nn.BCEWithLogitsLoss()),
+    # ---- gradients
+    "deep-sigmoid": lambda p: train(p, mlp(hidden=64, depth=6, act=nn.Sigmoid), _seq(), epochs=4, every=5,
+                                    optimizer="sgd", lr=0.05),
+    "sgd-lr-2": lambda p: train(p, _he(mlp(depth=3)), _seq(), epochs=2, every=5, optimizer="sgd", lr=2.0),
+    "outlier-regression": lambda p: train(p, _he(mlp(depth=2, classes=1)), outlier_regression_task(), epochs=4,
+                                          batch_size=16, every=5, criterion=nn.MSELoss(), validate=False),
+    "dead-relu-bias": lambda p: train(p, _dead_bias_mlp(), _seq(), epochs=5, every=5),
+    "nan-loss": lambda p: train(p, _he(mlp(depth=2)), _seq(), epochs=3, every=5, optimizer="sgd", lr=20.0,
+                                criterion=NaiveCE()),
+    # ---- activations
+    "saturated-tanh": lambda p: train(p, mlp(depth=3, act=nn.Tanh), scaled(_seq(), 30.0), epochs=4, every=5,
+                                      optimizer="sgd", lr=1e-2),
+    "collapsed-tiny-init": lambda p: train(p, init_weights(mlp(hidden=64, depth=5), "normal", std=1e-3), _seq(),
+                                           epochs=3, every=5, optimizer="sgd", lr=1e-2),
+    # ---- initialization (StreamRec)
+    "streamrec-default": lambda p: train(p, streamrec_mlp(), click_task(n=512), epochs=3, every=5,
+                                         criterion=nn.BCEWithLogitsLoss()),
+    "streamrec-xavier": lambda p: train(p, init_weights(streamrec_mlp(), "xavier"), click_task(n=512), epochs=3,
+                                        every=5, criterion=nn.BCEWithLogitsLoss()),
+    # ---- learning rate
+    "lr-high-adam": lambda p: train(p, _he(mlp(depth=3)), _seq(), epochs=4, every=5, lr=0.5),
+    "lr-low-sgd": lambda p: train(p, _he(mlp(depth=3)), _seq(), epochs=4, every=5, optimizer="sgd", lr=1e-5),
+    # ---- loop and wiring bugs
+    "softmax-ce": lambda p: train(p, _he(mlp(depth=2, out_act=nn.Softmax(dim=1))), _seq(), epochs=3, every=5),
+    "sigmoid-bcelogits": lambda p: train(p, _he(streamrec_mlp()).append(nn.Sigmoid()), click_task(n=512), epochs=2,
+                                         every=5, criterion=nn.BCEWithLogitsLoss()),
+    "logsoftmax-ce": lambda p: train(p, _he(mlp(depth=2, out_act=nn.LogSoftmax(dim=1))), _seq(), epochs=2, every=5),
+    "softmax-nll": lambda p: train(p, _he(mlp(depth=2, out_act=nn.Softmax(dim=1))), _seq(), epochs=2, every=5,
+                                   criterion=nn.NLLLoss()),
+    "logsoftmax-nll": lambda p: train(p, _he(mlp(depth=2, out_act=nn.LogSoftmax(dim=1))), _seq(), epochs=3,
+                                      every=5, criterion=nn.NLLLoss()),
+    "eval-mode": lambda p: train(p, _he(mlp(depth=2, dropout=0.3)), _seq(), epochs=3, every=5, train_mode=False),
+    "no-zero-grad": lambda p: train(p, _he(mlp(depth=2)), _seq(), epochs=3, every=5, optimizer="sgd", lr=1e-2,
+                                    zero_grad=False),
+    "adam-weight-decay": lambda p: train(p, _he(mlp(depth=2)), _seq(), epochs=2, every=5, weight_decay=1e-4),
+    "onecycle-per-epoch": lambda p: train(p, _he(mlp(depth=3)), _seq(), epochs=6, every=5, optimizer="sgd",
+                                          momentum=0.9, scheduler=_sched_onecycle, scheduler_per="epoch"),
+    "steplr-per-batch": lambda p: train(p, _he(mlp(depth=3)), _seq(), epochs=4, every=5, optimizer="sgd",
+                                        momentum=0.9, lr=0.05, scheduler=_sched_step5),
+    "bn-batch-4": lambda p: train(p, _he(mlp(depth=2, norm=nn.BatchNorm1d)), _seq(), epochs=1, batch_size=4,
+                                  every=10),
+    "dropout-then-bn": lambda p: train(p, _he(nn.Sequential(nn.Linear(16, 64), nn.Dropout(0.3), nn.BatchNorm1d(64),
+                                                            nn.ReLU(), nn.Linear(64, 4))), _seq(), epochs=3, every=5),
+    "biased-head": lambda p: train(p, _biased_head(), _seq(), epochs=3, every=5),
+    "raw-scale-inputs": lambda p: train(p, _he(mlp(depth=2)), scaled(_seq(), 80.0, 120.0), epochs=3, every=5),
+}
+
+
+def scenario(name: str) -> "trainscope.store.run.Run":
+    """The recorded run of a named scenario, trained on first use and cached for the session."""
+    if name not in _CACHE:
+        _CACHE[name] = SCENARIOS[name](_root() / name)
+    return _CACHE[name]
+
+
+def fired(run: "trainscope.store.run.Run", names: set[str] | None = None, min_severity: str = "info") -> dict:
+    """{rule name: finding} of the findings at or above `min_severity` (restricted to `names`)."""
+    rank = {"info": 0, "warning": 1, "error": 2}[min_severity]
+    out = {}
+    for f in trainscope.diagnose(run):
+        if f.severity.rank >= rank and (names is None or f.name in names):
+            out.setdefault(f.name, f)
+    return out
+
+
+def log_c(n: int) -> float:
+    return math.log(n)

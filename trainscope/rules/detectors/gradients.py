@@ -95,23 +95,30 @@ def exploding_gradients(ctx: Context) -> Iterator[Finding]:
             fix_values={"lr_new": _lower_lr(ctx)},
         )
         return
-    # Growth of the global norm: orders of magnitude above its early level, still near its peak.
+    # Growth of the global norm: orders of magnitude above its early level, for more than one step.
     gn = ctx.run.scalar(schema.GRAD_NORM)
-    gn = gn[np.isfinite(gn) & (gn > 0)]
-    if len(gn) < 2 * int(ctx.p("window")):
-        return
+    finite = gn[np.isfinite(gn) & (gn > 0)]
     w = int(ctx.p("window"))
-    start = float(gn.iloc[:w].median())
-    end = float(gn.iloc[-w:].median())
-    peak = float(gn.rolling(w).median().max())
-    growth = end / start if start > 0 else np.inf
-    if growth >= float(ctx.p("growth_max")) and end >= 0.5 * peak:
+    if len(finite) < 6:
+        return
+    k = max(3, min(w, len(finite) // 4))
+    start = float(finite.iloc[:k].median())
+    # a rolling median of 3 ignores single spikes (those are unstable-gradients' business)
+    smooth = finite.rolling(3, center=True).median().dropna()
+    if smooth.empty or start <= 0:
+        return
+    peak_step = int(smooth.idxmax())
+    peak = float(smooth.max())
+    growth = peak / start
+    went_nonfinite = bool((~np.isfinite(gn[gn.index > peak_step])).any())
+    if growth >= float(ctx.p("growth_max")):
         yield ctx.finding(
-            f"global grad norm grew {fmt(growth)}x > {fmt(ctx.p('growth_max'))}x "
-            f"(median {fmt(start)} over the first {w} steps, {fmt(end)} over the last {w})",
-            steps=(int(gn.index[0]), int(gn.index[-1])),
+            f"global grad norm grew {fmt(growth)}x > {fmt(ctx.p('growth_max'))}x (median {fmt(start)} over the "
+            f"first {k} steps, {fmt(peak)} around step {peak_step})"
+            + ("; it then became NaN/Inf" if went_nonfinite else ""),
+            steps=(int(finite.index[0]), peak_step),
             evidence={"growth": growth, "threshold": float(ctx.p("growth_max")), "norm_start": start,
-                      "norm_end": end},
+                      "norm_peak": peak, "peak_step": peak_step, "went_nonfinite": went_nonfinite},
             fix_values={"lr_new": _lower_lr(ctx)},
         )
 

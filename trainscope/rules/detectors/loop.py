@@ -29,9 +29,6 @@ from trainscope.store import schema
 
 CE_LOSSES = ("CrossEntropyLoss",)
 NLL_LOSSES = ("NLLLoss",)
-PROB_PRODUCERS = ("Softmax", "softmax", "Softmax2d")
-LOG_PROB_PRODUCERS = ("LogSoftmax", "log_softmax")
-SIGMOID_PRODUCERS = ("Sigmoid", "sigmoid")
 DROPOUT_TYPES = ("Dropout", "Dropout1d", "Dropout2d", "Dropout3d", "AlphaDropout", "FeatureAlphaDropout")
 # Modules between a dropout and a batchnorm that do not change the argument (no weights).
 TRANSPARENT = ("ReLU", "ReLU6", "LeakyReLU", "GELU", "SiLU", "ELU", "Tanh", "Sigmoid", "Identity", "Flatten")
@@ -48,7 +45,24 @@ def _criterion_input(ctx: Context) -> tuple[pd.Series, dict[str, Any]]:
 
 
 def _producer(d: dict[str, Any]) -> str:
+    """The op that made the criterion's input, e.g. SoftmaxBackward0 (autograd node name)."""
     return str(d.get("producer") or "")
+
+
+def _op(producer: str) -> str:
+    """softmax | log_softmax | sigmoid | "" (anything else) from an autograd node or module name."""
+    p = producer.lower().replace("_", "")
+    if "logsoftmax" in p:
+        return "log_softmax"
+    if "softmax" in p:
+        return "softmax"
+    if "sigmoid" in p:
+        return "sigmoid"
+    return ""
+
+
+def _op_name(producer: str) -> str:
+    return {"softmax": "softmax", "log_softmax": "log_softmax", "sigmoid": "sigmoid"}.get(_op(producer), producer)
 
 
 def _criterion_name(ctx: Context, d: dict[str, Any]) -> str:
@@ -64,9 +78,9 @@ def softmax_before_cross_entropy(ctx: Context) -> Iterator[Finding]:
         return
     producer = _producer(d)
     is_prob = bool(d.get("is_prob")) and not bool(d.get("is_log_prob"))
-    if producer not in PROB_PRODUCERS and not is_prob:
+    if _op(producer) != "softmax" and not is_prob:
         return
-    why = f"produced by {producer}" if producer else "rows are probabilities"
+    why = f"produced by {_op_name(producer)}" if _op(producer) == "softmax" else "rows are probabilities"
     rs = d.get("row_sum_mean")
     yield ctx.finding(
         f"{crit} receives probabilities ({why}"
@@ -76,7 +90,7 @@ def softmax_before_cross_entropy(ctx: Context) -> Iterator[Finding]:
         steps=(int(row["step"]), int(row["step"])),
         evidence={"criterion": crit, "producer": producer or None, "is_prob": bool(d.get("is_prob")),
                   "row_sum_mean": rs, "num_classes": d.get("num_classes")},
-        fix_values={"producer": producer or "the softmax"},
+        fix_values={"producer": "the final softmax"},
     )
 
 
@@ -84,17 +98,18 @@ def softmax_before_cross_entropy(ctx: Context) -> Iterator[Finding]:
 def _mismatch(crit: str, producer: str, d: dict[str, Any]) -> str | None:
     is_prob = bool(d.get("is_prob")) and not bool(d.get("is_log_prob"))
     is_log_prob = bool(d.get("is_log_prob"))
-    if crit == "BCEWithLogitsLoss" and (producer in SIGMOID_PRODUCERS or (is_prob and producer not in ("",))):
+    op = _op(producer)
+    if crit == "BCEWithLogitsLoss" and op == "sigmoid":
         return "BCEWithLogitsLoss applies the sigmoid itself and expects raw logits, but it receives sigmoid outputs"
-    if crit in CE_LOSSES and (producer in LOG_PROB_PRODUCERS or is_log_prob):
+    if crit in CE_LOSSES and (op == "log_softmax" or is_log_prob):
         return "CrossEntropyLoss applies log_softmax itself and expects raw logits, but it receives log-probabilities"
     if crit in NLL_LOSSES:
-        if producer in PROB_PRODUCERS or (is_prob and not is_log_prob):
+        if op == "softmax" or is_prob:
             return "NLLLoss expects log-probabilities (log_softmax), but it receives probabilities (softmax)"
-        if producer and producer not in LOG_PROB_PRODUCERS and not is_log_prob:
-            return f"NLLLoss expects log-probabilities (log_softmax), but it receives raw outputs of {producer}"
-    if crit == "BCELoss" and producer and producer not in SIGMOID_PRODUCERS and not is_prob:
-        return f"BCELoss expects probabilities, but it receives raw outputs of {producer}; use BCEWithLogitsLoss"
+        if producer and op != "log_softmax" and not is_log_prob:
+            return f"NLLLoss expects log-probabilities (log_softmax), but it receives raw outputs ({producer})"
+    if crit == "BCELoss" and producer and op != "sigmoid" and not is_prob:
+        return f"BCELoss expects probabilities, but it receives raw outputs ({producer}); use BCEWithLogitsLoss"
     return None
 
 
@@ -117,7 +132,7 @@ def output_activation_mismatch(ctx: Context) -> Iterator[Finding]:
     if problem is None:
         return
     yield ctx.finding(
-        f"{problem} (last op {producer or 'unknown'}, step {int(row['step'])})",
+        f"{problem} (last op {_op_name(producer) or 'unknown'}, step {int(row['step'])})",
         steps=(int(row["step"]), int(row["step"])),
         evidence={"criterion": crit, "producer": producer or None, "is_prob": bool(d.get("is_prob")),
                   "is_log_prob": bool(d.get("is_log_prob")), "min": d.get("min"), "max": d.get("max")},

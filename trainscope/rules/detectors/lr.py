@@ -39,20 +39,21 @@ def _ratios(ctx: Context) -> tuple[pd.Series, pd.DataFrame]:
     return per_step, table
 
 
-def _loss_drop(ctx: Context) -> tuple[float | None, bool]:
-    """Relative drop of the training loss (first vs last tenth) and whether it went non-finite."""
+def _loss_drop(ctx: Context) -> tuple[float | None, bool, float]:
+    """Relative drop of the training loss (first vs last tenth), whether it went non-finite, and
+    its largest value relative to the start (a spike)."""
     loss = train_loss(ctx.run)
     if loss.empty:
-        return None, False
+        return None, False, float("nan")
     nonfinite = bool((~np.isfinite(loss)).any())
     loss = loss[np.isfinite(loss)]
     if len(loss) < 4:
-        return None, nonfinite
+        return None, nonfinite, float("nan")
     k = max(2, len(loss) // 10)
     start, end = float(loss.iloc[:k].median()), float(loss.iloc[-k:].median())
     if start <= 0:
-        return None, nonfinite
-    return (start - end) / abs(start), nonfinite
+        return None, nonfinite, float("nan")
+    return (start - end) / abs(start), nonfinite, float(loss.max()) / start
 
 
 def _suggest(ctx: Context, measured: float) -> tuple[str, float]:
@@ -69,7 +70,7 @@ def lr_too_low(ctx: Context) -> Iterator[Finding]:
     thr = float(ctx.p("ratio_min"))
     if med >= thr:
         return
-    drop, _ = _loss_drop(ctx)
+    drop, _, _ = _loss_drop(ctx)
     max_drop = float(ctx.p("max_loss_drop"))
     if drop is not None and drop > max_drop:
         return  # the loss is falling well: small steps are working (e.g. fine-tuning)
@@ -88,26 +89,34 @@ def lr_too_low(ctx: Context) -> Iterator[Finding]:
 @detector("lr-too-high")
 def lr_too_high(ctx: Context) -> Iterator[Finding]:
     per_step, _ = _ratios(ctx)
-    med = float(per_step.median())
+    # the first recorded steps show an oversized LR before weights grow to absorb it
+    early = float(per_step.iloc[: int(ctx.p("early_steps"))].median())
+    overall = float(per_step.median())
+    med = max(early, overall)
+    which = "first recorded steps" if early >= overall else "all recorded steps"
     thr = float(ctx.p("ratio_max"))
-    drop, nonfinite = _loss_drop(ctx)
+    drop, nonfinite, spike = _loss_drop(ctx)
     extreme = float(ctx.p("ratio_extreme"))
-    struggling = nonfinite or (drop is not None and drop < float(ctx.p("min_loss_drop")))
+    spiked = np.isfinite(spike) and spike >= float(ctx.p("loss_spike"))
+    struggling = nonfinite or spiked or (drop is not None and drop < float(ctx.p("min_loss_drop")))
     if not (med > extreme or (med > thr and (struggling or drop is None))):
         return
     new_lr, factor = _suggest(ctx, med)
     lr = current_lr(ctx.run)
     if nonfinite:
         loss_note = "; the loss went NaN/Inf"
+    elif spiked:
+        loss_note = f"; the loss spiked to {fmt(spike)}x its initial value"
     elif drop is not None:
         loss_note = f"; loss {'fell only' if drop >= 0 else 'rose'} {abs(drop):.1%}"
     else:
         loss_note = ""
     yield ctx.finding(
         f"median update ratio ||dW||/||W|| {fmt(med)} > {fmt(thr if med <= extreme else extreme)} per step "
-        f"over steps {int(per_step.index[0])}-{int(per_step.index[-1])}{loss_note}",
+        f"over the {which} ({int(per_step.index[0])}-{int(per_step.index[-1])}){loss_note}",
         steps=(int(per_step.index[0]), int(per_step.index[-1])),
-        evidence={"update_ratio": med, "threshold": thr, "lr": lr, "loss_drop": drop, "loss_nonfinite": nonfinite,
-                  "suggested_lr": new_lr},
+        evidence={"update_ratio": med, "update_ratio_early": early, "update_ratio_overall": overall,
+                  "threshold": thr, "lr": lr, "loss_drop": drop, "loss_nonfinite": nonfinite,
+                  "loss_spike": spike if np.isfinite(spike) else None, "suggested_lr": new_lr},
         fix_values={"lr": fmt(lr) if lr else "?", "lr_new": new_lr, "factor": fmt(factor)},
     )
