@@ -226,10 +226,9 @@ def marks_for(finding: Finding, anchor: str) -> list[Mark]:
         elif k == "epoch" or k.endswith("_epoch"):
             marks.append(Mark(anchor, finding.name, finding.severity, label, epochs=(num,)))
     layers = list(finding.layers)
-    for key in ("layer", "first_layer", "last_layer"):
-        v = ev.get(key)
-        if isinstance(v, str) and v and v not in layers:
-            layers.append(v)
+    v = ev.get("layer")  # first_layer/last_layer of a ratio are context, not the culprit
+    if isinstance(v, str) and v and v != "None" and v not in layers:
+        layers.append(v)
     rng = None
     if finding.steps is not None and finding.steps[1] > finding.steps[0]:
         rng = (float(finding.steps[0]), float(finding.steps[1]))

@@ -100,6 +100,22 @@ def _vline(x: float, color: str, label: str, row: int, xref: str = "x") -> tuple
     return shape, ann
 
 
+def run_extent(run: Run) -> tuple[float, float]:
+    """First and last step anything was recorded at."""
+    lo, hi = [], []
+    for df in (run.scalars, run.layers):
+        if not df.empty:
+            lo.append(float(df["step"].min())), hi.append(float(df["step"].max()))
+    return (min(lo), max(hi)) if lo else (0.0, 0.0)
+
+
+def _worth_shading(rng: tuple[float, float] | None, extent: tuple[float, float]) -> bool:
+    """A span covering most of the run highlights nothing."""
+    if rng is None:
+        return False
+    return (rng[1] - rng[0]) < 0.8 * max(extent[1] - extent[0], 1e-9)
+
+
 def _vrect(x0: float, x1: float, color: str, xref: str = "x") -> dict:
     return dict(type="rect", xref=xref, yref="paper", x0=x0, x1=x1, y0=0, y1=1, fillcolor=color,
                 opacity=0.10, line=dict(width=0), layer="below")
@@ -225,6 +241,7 @@ def loss_section(run: Run, marks: list[D.Mark]) -> Section | None:
         notes.append("No validation loss was logged: overfitting and early stopping cannot be judged "
                      "(log one with probe.log(val_loss=...)).")
 
+    extent = run_extent(run)
     step_shapes, step_anns, epoch_shapes, epoch_anns = [], [], [], []
     for i, m in enumerate(marks):
         color = SEVERITY_COLORS[m.severity.value]
@@ -242,7 +259,7 @@ def loss_section(run: Run, marks: list[D.Mark]) -> Section | None:
             if st is not None:
                 sh, an = _vline(st, color, m.label, i)
                 step_shapes.append(sh), step_anns.append(an)
-        if m.step_range:
+        if _worth_shading(m.step_range, extent):
             step_shapes.append(_vrect(*m.step_range, color))
             e0, e1 = emap.epoch_of(m.step_range[0]), emap.epoch_of(m.step_range[1])
             if e0 is not None and e1 is not None:
@@ -323,23 +340,23 @@ def lr_section(run: Run, marks: list[D.Mark]) -> Section | None:
                        line=dict(color=PALETTE[i % len(PALETTE)], width=2.5, shape="hv"),
                        hovertemplate=f"group {pe(group)}<br>step %{{x}}<br>lr %{{y:.3g}}<extra></extra>")
         fig.add_trace(tr)
-    shapes, anns = _step_marks(marks)
+    shapes, anns = _step_marks(marks, run_extent(run))
     _layout(fig, 320, updatemenus=[_log_toggle()], shapes=shapes, annotations=anns)
     fig.update_layout(margin=dict(t=60), legend=dict(x=0.2))
     fig.update_xaxes(title_text="step (optimizer steps)")
-    fig.update_yaxes(title_text="learning rate", exponentformat="e")
+    fig.update_yaxes(title_text="learning rate", exponentformat="e", rangemode="tozero")
     return Section("lr", "Learning rate", "Learning rate of each optimizer param group at every recorded "
                    "step: a warmup or one-cycle schedule shows its shape here.", figure=fig, marks=marks)
 
 
-def _step_marks(marks: list[D.Mark], xref: str = "x") -> tuple[list[dict], list[dict]]:
+def _step_marks(marks: list[D.Mark], extent: tuple[float, float], xref: str = "x") -> tuple[list[dict], list[dict]]:
     shapes, anns = [], []
     for i, m in enumerate(marks):
         color = SEVERITY_COLORS[m.severity.value]
         for st in m.steps:
             sh, an = _vline(st, color, m.label, i, xref)
             shapes.append(sh), anns.append(an)
-        if m.step_range:
+        if _worth_shading(m.step_range, extent):
             shapes.append(_vrect(*m.step_range, color, xref))
     return shapes, anns
 
@@ -358,7 +375,7 @@ def grad_norm_section(run: Run, marks: list[D.Mark]) -> Section | None:
     fig.add_trace(tr)
     if len(ds.bad_x):
         fig.add_trace(_bad_markers(ds.bad_x, _bad_y(ds.x, ds.y, ds.bad_x), ds.bad_kind, "grad norm", "step"))
-    shapes, anns = _step_marks(marks)
+    shapes, anns = _step_marks(marks, run_extent(run))
     log = _spans_decades(ds.y)
     _layout(fig, 300, updatemenus=[_log_toggle(default_log=log)], shapes=shapes, annotations=anns)
     fig.update_layout(margin=dict(t=60), showlegend=len(fig.data) > 1, legend=dict(x=0.2))
@@ -440,15 +457,17 @@ def grad_section(run: Run, marks: list[D.Mark]) -> Section | None:
     latest = m.latest()
     flagged = {layer: SEVERITY_COLORS[mk.severity.value] for mk in marks for layer in mk.layers}
     colors = [flagged.get(n, "#64748b") for n in m.layers]
-    pos = np.where(latest > 0, latest, np.nan)
+    floor = 10 ** (zmin - 0.5)  # exactly-zero gradients: a stub at the axis start, labelled 0
+    pos = np.where(latest > 0, latest, np.where(latest == 0, floor, np.nan))
     fig.add_trace(go.Bar(x=pos, y=labels, orientation="h", marker=dict(color=colors),
-                         name="latest", showlegend=False,
+                         name="latest", showlegend=False, text=np.where(latest == 0, "0", ""),
+                         textposition="outside", cliponaxis=False,
                          hovertemplate="%{y}<br>latest ‖grad‖₂ %{x:.3g}<extra></extra>"), row=1, col=2)
     _layer_yaxis(fig, labels, 1, 1)
     _layer_yaxis(fig, labels, 1, 2)
     fig.update_xaxes(title_text="latest ‖grad‖₂", row=1, col=2, **LOG_AXIS)
     fig.update_xaxes(title_text="step (optimizer steps)", row=1, col=1)
-    shapes, anns = _step_marks(marks, "x")
+    shapes, anns = _step_marks(marks, run_extent(run), "x")
     shapes += _highlight_rows(m.layers, marks, "x", "y")
     h = _heatmap_height(len(labels))
     _layout(fig, h, shapes=shapes, annotations=anns)
@@ -481,7 +500,7 @@ def _fraction_heatmap(run: Run, stat: str, sec_id: str, title: str, caption: str
     _heatmap(fig, cols, cols.values.astype(np.float32), labels, 1, 1, colorscale=scale, zmin=0, zmax=1, cbar_title=cbar,
              hover="%{y}<br>step %{x}<br>" + pe(cbar) + " %{z:.0%}<extra></extra>")
     _layer_yaxis(fig, labels)
-    shapes, anns = _step_marks(marks)
+    shapes, anns = _step_marks(marks, run_extent(run))
     shapes += _highlight_rows(m.layers, marks, "x", "y")
     _layout(fig, _heatmap_height(len(labels)), shapes=shapes, annotations=anns)
     fig.update_xaxes(title_text="step (optimizer steps)")
@@ -565,7 +584,7 @@ UPDATE_SCALE = [[0.0, "#1e3a8a"], [0.333, "#93c5fd"], [0.334, "#dcfce7"], [0.5, 
 MAX_UPDATE_LINES = 20  # beyond this many layers, lines become a heatmap
 
 
-def _update_heatmap(m: D.LayerMatrix, marks: list[D.Mark]) -> go.Figure:
+def _update_heatmap(m: D.LayerMatrix, marks: list[D.Mark], extent: tuple[float, float]) -> go.Figure:
     with np.errstate(divide="ignore", invalid="ignore"):
         logr = np.where(m.values > 0, np.log10(m.values), np.nan)
     cols = reduce_columns(logr, m.steps, MAX_HEATMAP_COLS, "mean", bad_cells=m.bad)
@@ -578,7 +597,7 @@ def _update_heatmap(m: D.LayerMatrix, marks: list[D.Mark]) -> go.Figure:
                                     ticktext=["1e-6", "1e-5", "1e-4", "1e-3", "1e-2", "1e-1", "1"]),
                       selector=dict(type="heatmap"))
     _layer_yaxis(fig, labels)
-    shapes, anns = _step_marks(marks)
+    shapes, anns = _step_marks(marks, extent)
     shapes += _highlight_rows(m.layers, marks, "x", "y")
     _layout(fig, _heatmap_height(len(labels)), shapes=shapes, annotations=anns)
     fig.update_xaxes(title_text="step (optimizer steps)")
@@ -598,13 +617,14 @@ def update_section(run: Run, marks: list[D.Mark]) -> Section | None:
     if n > MAX_UPDATE_LINES:
         notes = [f"{n} layers: green cells are inside the healthy band, red above it, blue below "
                  "(geometric mean of the steps in each column)."]
-        return Section("update", "Update-to-weight ratio", caption, figure=_update_heatmap(m, marks),
+        return Section("update", "Update-to-weight ratio", caption, figure=_update_heatmap(m, marks, run_extent(run)),
                        notes=notes, marks=marks)
     per_line = int(np.clip(LINE_POINT_BUDGET // max(n, 1), 100, MAX_LINE_POINTS))
     flagged = {layer: SEVERITY_COLORS[mk.severity.value] for mk in marks for layer in mk.layers}
     depth = sample_colorscale("Viridis", [i / max(n - 1, 1) * 0.9 for i in range(n)])
     fig = go.Figure()
     frozen = []
+    any_bad = False
     for i, (name, label) in enumerate(zip(m.layers, labels)):
         row = m.values[i]
         ok = np.isfinite(row)
@@ -618,6 +638,10 @@ def update_section(run: Run, marks: list[D.Mark]) -> Section | None:
                                  line=dict(color=flagged.get(name, depth[i]), width=3 if hot else 1.3),
                                  opacity=1.0 if hot or not flagged else 0.55, showlegend=n <= 12 or hot,
                                  hovertemplate=f"{label}<br>step %{{x}}<br>‖ΔW‖/‖W‖ %{{y:.2e}}<extra></extra>"))
+        if len(ds.bad_x):
+            by = _bad_y(ds.x, ds.y, ds.bad_x) if len(ds.x) else np.ones(len(ds.bad_x))
+            fig.add_trace(_bad_markers(ds.bad_x, by, ds.bad_kind, name, "step", showlegend=not any_bad))
+            any_bad = True
     shapes = [dict(type="rect", xref="paper", yref="y", x0=0, x1=1, y0=lo, y1=hi, fillcolor="#22c55e",
                    opacity=0.08, line=dict(width=0), layer="below"),
               dict(type="line", xref="paper", yref="y", x0=0, x1=1, y0=1e-3, y1=1e-3,
@@ -626,7 +650,7 @@ def update_section(run: Run, marks: list[D.Mark]) -> Section | None:
                  text=f"healthy band {lo:.0e} – {hi:.0e}", showarrow=False, font=dict(color="#15803d", size=11)),
             dict(xref="paper", yref="y", x=0.995, y=np.log10(1e-3), xanchor="right", yanchor="bottom",
                  text="typical 1e-3", showarrow=False, font=dict(color="#15803d", size=11))]
-    s2, a2 = _step_marks(marks)
+    s2, a2 = _step_marks(marks, run_extent(run))
     _layout(fig, 420, shapes=shapes + s2, annotations=anns + a2)
     fig.update_xaxes(title_text="step (optimizer steps)")
     fig.update_yaxes(title_text="update / weight norm ‖ΔW‖/‖W‖", **LOG_AXIS)

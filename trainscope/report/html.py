@@ -174,6 +174,8 @@ def _evidence_value(v: Any) -> str:
         return esc(_fmt(v))
     if isinstance(v, (list, tuple)):
         return esc(", ".join(str(x) for x in v))
+    if isinstance(v, dict):
+        return esc(", ".join(f"{k}: {_fmt(x) if isinstance(x, (int, float)) else x}" for k, x in v.items()))
     return esc(v)
 
 
