@@ -185,11 +185,10 @@ def test_marks_tolerate_missing_and_odd_evidence() -> None:
 # ----------------------------------------------------------------------------- safety
 
 
-@pytest.fixture(scope="module")
-def xss_run(tmp_path_factory: pytest.TempPathFactory) -> trainscope.store.run.Run:
+def record_xss_run(root: Path) -> trainscope.store.run.Run:
     """A real run whose layer, metric and run names are HTML/script injection attempts."""
     torch.manual_seed(0)
-    run_dir = tmp_path_factory.mktemp("xss") / XSS_RUN
+    run_dir = root / XSS_RUN
     model = nn.Sequential(OrderedDict([(XSS_LAYER, nn.Linear(8, 16)), ("act", nn.ReLU()), ("out", nn.Linear(16, 3))]))
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     x, y = torch.randn(64, 8), torch.randint(0, 3, (64,))
@@ -203,6 +202,11 @@ def xss_run(tmp_path_factory: pytest.TempPathFactory) -> trainscope.store.run.Ru
                 probe.log(epoch=epoch, train_loss=loss.detach(), **{XSS_METRIC: float(i)})
             probe.log(epoch=epoch, val_loss=float(loss.detach()))
     return trainscope.load_run(run_dir)
+
+
+@pytest.fixture(scope="module")
+def xss_run(tmp_path_factory: pytest.TempPathFactory) -> trainscope.store.run.Run:
+    return record_xss_run(tmp_path_factory.mktemp("xss"))
 
 
 def xss_findings() -> list[Finding]:

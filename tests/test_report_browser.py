@@ -1,0 +1,93 @@
+"""The report in a real browser: headless Chromium draws every figure, logs no error, fetches nothing.
+
+Needs Debian's `chromium` (apt-get install chromium); skipped with that reason otherwise. The
+driver is trainscope.report.browser, a small DevTools-over-pipe client (no browser download).
+Screenshots go to $TRAINSCOPE_SCREENSHOTS if set (CI keeps them), else to pytest's tmp dir.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+import trainscope
+from helpers_training import scenario
+from trainscope.report import write_report
+from trainscope.report.browser import find_chromium, open_report
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.skipif(find_chromium() is None,
+                       reason="headless Chromium not found at /usr/bin/chromium (apt-get install chromium)"),
+]
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLE_RUNS = REPO / "sample_runs"
+
+
+def shot_dir(tmp_path: Path) -> Path:
+    env = os.environ.get("TRAINSCOPE_SCREENSHOTS")
+    return Path(env) if env else tmp_path
+
+
+def check_in_browser(run, path: Path, shots: Path, probe_js: str | None = None):
+    findings = trainscope.diagnose(run)
+    html = write_report(run, findings, path)
+    res = open_report(html, shots / f"{path.stem}.png", probe_js=probe_js)
+    assert res.ready is True, res.ready
+    assert res.console_errors == [], res.console_errors
+    assert res.network_requests == [], res.network_requests
+    assert res.dialogs == []
+    assert res.figures > 0 and res.rendered == res.figures, (res.rendered, res.figures)
+    assert res.screenshot is not None and res.screenshot.stat().st_size > 20_000  # a real picture, not blank
+    return res, findings
+
+
+@pytest.mark.parametrize("name", ["healthy-mlp", "dead-relu-bias", "nan-loss"])
+def test_recorded_runs_render(name: str, tmp_path: Path) -> None:
+    run = scenario(name)
+    res, findings = check_in_browser(
+        run, tmp_path / f"{name}.html", shot_dir(tmp_path),
+        probe_js="{cards: document.querySelectorAll('article.finding').length,"
+                 " svgs: document.querySelectorAll('.ts-figure .main-svg').length}")
+    assert res.page["cards"] == len(findings)
+    assert res.page["svgs"] >= res.figures
+
+
+def test_imported_csv_renders(tmp_path: Path) -> None:
+    log = tmp_path / "metrics.csv"
+    lines = ["step,epoch,train_loss,val_loss"]
+    lines += [f"{s},{s // 50},{2.0 / (1 + s / 40):.4f},{'' if s % 50 != 49 else f'{1.5 / (1 + s / 80):.4f}'}"
+              for s in range(500)]
+    log.write_text("\n".join(lines) + "\n")
+    res, _ = check_in_browser(trainscope.load_run(log), tmp_path / "imported-csv.html", shot_dir(tmp_path),
+                              probe_js="{note: !!document.querySelector('.note.imported')}")
+    assert res.page["note"] is True
+
+
+def test_injected_names_stay_text_in_the_browser(tmp_path: Path) -> None:
+    from test_report import XSS_LAYER, record_xss_run, xss_findings  # the hostile run of the unit test
+
+    html = write_report(record_xss_run(tmp_path), xss_findings(), tmp_path / "xss.html")
+    res = open_report(html, shot_dir(tmp_path) / "xss.png", probe_js=(
+        "{imgs: document.querySelectorAll('img').length,"
+        " handlers: document.querySelectorAll('[onload], [onerror], [onclick]').length,"
+        " cardText: document.querySelector('article.finding').textContent,"
+        " gradText: document.getElementById('plot-grad').textContent}"))
+    assert res.dialogs == [], f"script ran: {res.dialogs}"
+    assert res.console_errors == [] and res.rendered == res.figures
+    assert res.page["imgs"] == 0 and res.page["handlers"] == 0
+    assert XSS_LAYER in res.page["cardText"] and XSS_LAYER in res.page["gradText"]
+
+
+def _sample_runs() -> list[Path]:
+    if not SAMPLE_RUNS.is_dir():
+        return []
+    return sorted(p for p in SAMPLE_RUNS.iterdir() if not p.name.startswith(".") and p.suffix != ".html"
+                  and p.name not in ("README.md",))
+
+
+@pytest.mark.parametrize("path", _sample_runs(), ids=lambda p: p.name)
+def test_sample_runs_render(path: Path, tmp_path: Path) -> None:
+    check_in_browser(trainscope.load_run(path), tmp_path / f"sample-{path.name}.html", shot_dir(tmp_path))
