@@ -306,7 +306,12 @@ class Trainer:
             self.probe.log(**values)
 
     # -- the loop -----------------------------------------------------------------------------------
-    def fit(self, resume_from: str | Path | None = None) -> History:
+    def fit(self, resume_from: str | Path | None = None, until_epoch: int | None = None) -> History:
+        """Train (or continue from a checkpoint) to `config.epochs`.
+
+        until_epoch: return after this epoch as if interrupted (schedules still span all epochs), e.g.
+        to split training across jobs; resume with `fit(resume_from=checkpoint_dir)`.
+        """
         cfg = self.config
         if resume_from is not None:
             self.load_state(resume_from)
@@ -316,19 +321,21 @@ class Trainer:
         self._open_probe()
         t_fit = time.perf_counter()
         try:
-            self._fit_epochs(progress)
+            self._fit_epochs(progress, until_epoch or cfg.epochs)
         except BaseException:
             if self.probe is not None:
                 with contextlib.suppress(Exception):
                     self.probe.close("crashed")
                 self.probe = None
             raise
-        self._finish(progress, time.perf_counter() - t_fit)
+        done = self.history.stopped_epoch is not None or (self.history.epochs and
+                                                           self.history.epochs[-1].epoch >= cfg.epochs)
+        self._finish(progress, time.perf_counter() - t_fit, interrupted=not done)
         return self.history
 
-    def _fit_epochs(self, progress: Progress) -> None:
+    def _fit_epochs(self, progress: Progress, last_epoch: int) -> None:
         cfg = self.config
-        for epoch in range(self.start_epoch, cfg.epochs + 1):
+        for epoch in range(self.start_epoch, min(cfg.epochs, last_epoch) + 1):
             t0 = time.perf_counter()
             progress.start_epoch(epoch)
             self.model.train(cfg.train_mode)  # train_mode=False reproduces the eval()-in-the-loop bug
@@ -394,11 +401,11 @@ class Trainer:
         parts.append(f"lr {rec.lr:.2e} ({rec.time_s:.1f}s)")
         return " | ".join(parts)
 
-    def _finish(self, progress: Progress, elapsed: float) -> None:
+    def _finish(self, progress: Progress, elapsed: float, interrupted: bool = False) -> None:
         """Restore the best weights at the end too (early stopping may not have fired), log finals."""
         h = self.history
         h.time_s += elapsed
-        if self.early is not None and not h.restored_best and h.stopped_epoch is None:
+        if self.early is not None and not h.restored_best and h.stopped_epoch is None and not interrupted:
             h.restored_best = self.early.restore(self.model)
         final: dict[str, float] = {}
         if self.val_data is not None and h.epochs:
