@@ -76,6 +76,23 @@ def docs_task(n: int = 1024, d: int = 200, classes: int = 10, seed: int = 0, n_v
     return Data(x[:n], y[:n], x[n:], y[n:], classes)
 
 
+def digits_task(n_val: int = 297, raw: bool = False) -> Data:
+    """sklearn's bundled 8x8 digits (1797 images, 10 classes) as (N, 1, 8, 8); standardized unless raw
+    (raw pixels are 0..16)."""
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    x = torch.tensor(x, dtype=torch.float32)
+    if not raw:
+        x = (x - x[:-n_val].mean()) / x[:-n_val].std()
+    x = x.reshape(-1, 1, 8, 8)
+    y = torch.tensor(y, dtype=torch.long)
+    g = torch.Generator().manual_seed(0)
+    perm = torch.randperm(len(x), generator=g)
+    x, y = x[perm], y[perm]
+    return Data(x[:-n_val], y[:-n_val], x[-n_val:], y[-n_val:], 10)
+
+
 def scaled(data: Data, scale: float, shift: float = 0.0) -> Data:
     """The same task with unnormalized inputs (x * scale + shift)."""
     return replace(data, x_train=data.x_train * scale + shift, x_val=data.x_val * scale + shift)
@@ -197,6 +214,7 @@ def train(
     accumulate: int = 1,
     clip: float | None = None,
     max_steps: int | None = None,
+    drop_last: bool = True,
 ) -> "trainscope.store.run.Run":
     """Train for real, record with trainscope.watch, return the loaded run.
 
@@ -208,7 +226,8 @@ def train(
     crit = criterion or nn.CrossEntropyLoss()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, optimizer, lr, momentum, weight_decay)
-    steps_per_epoch = max(1, len(data.x_train) // batch_size)
+    n_batches = len(data.x_train) / batch_size
+    steps_per_epoch = max(1, int(n_batches) if drop_last else math.ceil(n_batches))
     opt_steps_per_epoch = max(1, steps_per_epoch // accumulate)
     sched = scheduler(opt, epochs * opt_steps_per_epoch) if scheduler else None
     g = torch.Generator().manual_seed(seed)
@@ -310,6 +329,56 @@ def _biased_head() -> nn.Module:
     return m
 
 
+class LSTMTagger(nn.Module):
+    """Token ids -> embedding -> LSTM -> class: integer inputs, recurrent weights."""
+
+    def __init__(self, vocab: int = 50, hidden: int = 32, classes: int = 2) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, 16)
+        self.lstm = nn.LSTM(16, hidden, batch_first=True)
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out, _ = self.lstm(self.embed(x))
+        return self.head(out[:, -1])
+
+
+def token_task(n: int = 512, length: int = 10, vocab: int = 50, seed: int = 0, n_val: int = 128) -> Data:
+    """Does token 7 occur in the sequence?"""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randint(0, vocab, (n + n_val, length), generator=g)
+    y = (x == 7).any(1).long()
+    return Data(x[:n], y[:n], x[n:], y[n:], 2)
+
+
+class ResidualMLP(nn.Module):
+    """Pre-norm residual blocks (default init): the chain argument of init does not apply."""
+
+    def __init__(self, d: int = 16, width: int = 64, blocks: int = 4, classes: int = 4) -> None:
+        super().__init__()
+        self.inp = nn.Linear(d, width)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width), nn.GELU(), nn.Linear(width, width))
+            for _ in range(blocks)
+        )
+        self.out = nn.Linear(width, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        for b in self.blocks:
+            h = h + b(h)
+        return self.out(h)
+
+
+def bn_cnn(classes: int = 10) -> nn.Module:
+    """Conv-BN-ReLU-pool x2 on (N, 1, 8, 8), PyTorch default init."""
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(32 * 4, 64), nn.ReLU(), nn.Dropout(0.2), nn.Linear(64, classes),
+    )
+
+
 def _sched_onecycle(opt: torch.optim.Optimizer, total: int) -> object:
     return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=total)
 
@@ -343,6 +412,27 @@ SCENARIOS: dict[str, Callable[[Path], "trainscope.store.run.Run"]] = {
                                             accumulate=4),
     "healthy-bce-logits": lambda p: train(p, _he(streamrec_mlp()), click_task(n=512), epochs=4, every=5,
                                           criterion=nn.BCEWithLogitsLoss()),
+    "healthy-lstm-tokens": lambda p: train(p, LSTMTagger(), token_task(), epochs=5, every=5, lr=3e-3, clip=1.0),
+    "healthy-residual-mlp": lambda p: train(p, ResidualMLP(), _seq(), epochs=5, every=5, optimizer="adamw",
+                                            weight_decay=1e-2),
+    "healthy-bn-cnn": lambda p: train(p, bn_cnn(), digits_task(), epochs=3, every=5, optimizer="sgd", lr=0.05,
+                                      momentum=0.9,
+                                      scheduler=lambda o, t: torch.optim.lr_scheduler.StepLR(o, step_size=2),
+                                      scheduler_per="epoch"),
+    "healthy-tanh-xavier": lambda p: train(p, init_weights(mlp(depth=4, act=nn.Tanh), "xavier", skip_last=True),
+                                           _seq(), epochs=5, every=5),
+    "healthy-sigmoid-bce": lambda p: train(p, _he(streamrec_mlp()).append(nn.Sigmoid()), click_task(n=512),
+                                           epochs=4, every=5, criterion=nn.BCELoss()),
+    "healthy-plain-sgd": lambda p: train(p, _he(mlp(depth=2)), _seq(), epochs=6, every=5, optimizer="sgd", lr=0.05),
+    "healthy-cosine-per-batch": lambda p: train(
+        p, _he(mlp(depth=2)), _seq(), epochs=6, every=5, optimizer="sgd", lr=0.1, momentum=0.9,
+        scheduler=lambda o, t: torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=t)),
+    "healthy-bn-tail-batch": lambda p: train(p, _he(mlp(depth=2, norm=nn.BatchNorm1d)),
+                                             teacher_task(n=515, n_val=128), epochs=3, batch_size=64, every=5,
+                                             drop_last=False),
+    "healthy-regression": lambda p: train(p, _he(mlp(depth=2, classes=1)),
+                                          outlier_regression_task(frac=0.0), epochs=4, every=5,
+                                          criterion=nn.MSELoss()),
     # ---- gradients
     "deep-sigmoid": lambda p: train(p, mlp(hidden=64, depth=6, act=nn.Sigmoid), _seq(), epochs=4, every=5,
                                     optimizer="sgd", lr=0.05),
@@ -391,6 +481,9 @@ SCENARIOS: dict[str, Callable[[Path], "trainscope.store.run.Run"]] = {
 }
 
 
+HEALTHY = tuple(n for n in SCENARIOS if n.startswith("healthy-"))
+
+
 def scenario(name: str) -> "trainscope.store.run.Run":
     """The recorded run of a named scenario, trained on first use and cached for the session."""
     if name not in _CACHE:
@@ -398,15 +491,14 @@ def scenario(name: str) -> "trainscope.store.run.Run":
     return _CACHE[name]
 
 
-def fired(run: "trainscope.store.run.Run", names: set[str] | None = None, min_severity: str = "info") -> dict:
-    """{rule name: finding} of the findings at or above `min_severity` (restricted to `names`)."""
-    rank = {"info": 0, "warning": 1, "error": 2}[min_severity]
-    out = {}
-    for f in trainscope.diagnose(run):
-        if f.severity.rank >= rank and (names is None or f.name in names):
-            out.setdefault(f.name, f)
+def findings(run: "trainscope.store.run.Run", select: list[str] | None = None,
+             settings: dict | None = None) -> dict:
+    """{rule name: first finding} from the engine (a crashed detector fails the test)."""
+    from trainscope.rules.engine import diagnose_report
+
+    report = diagnose_report(run, select=select, settings=settings)
+    assert not report.crashed, [(c.name, c.error) for c in report.crashed]
+    out: dict = {}
+    for f in report.findings:
+        out.setdefault(f.name, f)
     return out
-
-
-def log_c(n: int) -> float:
-    return math.log(n)

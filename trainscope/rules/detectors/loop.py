@@ -314,32 +314,44 @@ def scheduler_step_cadence(ctx: Context) -> Iterator[Finding]:
 
 @detector("batchnorm-small-batch")
 def batchnorm_small_batch(ctx: Context) -> Iterator[Finding]:
-    ev = events(ctx.run, "batchnorm_batch")
-    if ev.empty:
-        if not any(str(m.get("type", "")).startswith(NORM_BN) for m in modules(ctx.run)):
-            raise NotApplicable("no BatchNorm layers")
-        return
     thr = int(ctx.p("min_batch"))
+    has_bn = any(str(m.get("type", "")).startswith(NORM_BN) for m in modules(ctx.run))
+    ev = events(ctx.run, "batchnorm_batch")
+    if ev.empty and not has_bn:
+        raise NotApplicable("no BatchNorm layers")
     small = ev[ev["value"] < thr]
-    if small.empty:
-        return
-    smallest = int(small["value"].min())
-    bs = ctx.run.scalar(schema.LOOP_BATCH_SIZE)
-    typical = float(bs.median()) if not bs.empty else float("nan")
-    only_tail = np.isfinite(typical) and typical >= thr
     layers = list(dict.fromkeys(str(x) for x in small["layer"] if x))
+    # BN layers see only recorded steps; the batch size of every step (in train mode) fills the gaps
+    bs = ctx.run.scalar(schema.LOOP_BATCH_SIZE)
+    training = ctx.run.scalar(schema.LOOP_TRAINING)
+    if has_bn and not bs.empty:
+        in_train = bs[training.reindex(bs.index).fillna(1.0) >= 0.5] if not training.empty else bs
+        small_steps = in_train[in_train < thr]
+    else:
+        small_steps = bs.iloc[0:0]
+    if small.empty and small_steps.empty:
+        return
+    sizes = list(small["value"]) + list(small_steps.values)
+    smallest = int(min(sizes))
+    steps = list(small["step"]) + list(small_steps.index)
+    typical = float(bs.median()) if not bs.empty else float("nan")
+    frac = len(small_steps) / len(bs) if len(bs) else float("nan")
+    only_tail = np.isfinite(typical) and typical >= thr
+    if not layers:
+        layers = [str(m.get("name")) for m in modules(ctx.run) if str(m.get("type", "")).startswith(NORM_BN)]
     if only_tail:
-        msg = (f"BatchNorm in train mode saw a batch of {smallest} < {thr} (typical batch {fmt(typical)}: "
-               "the last, incomplete batch of an epoch)")
+        msg = (f"BatchNorm in train mode saw a batch of {smallest} < {thr} at {len(small_steps) or len(small)} "
+               f"step(s) (typical batch {fmt(typical)}: the last, incomplete batch of an epoch)")
         sev = "info"
     else:
-        msg = f"BatchNorm in train mode on batches of {smallest} < {thr}: batch statistics are noise"
+        msg = f"BatchNorm in train mode on batches of {smallest} < {thr} (typical batch {fmt(typical)}): batch statistics are noise"
         sev = None
     yield ctx.finding(
         msg,
         layers=layers,
-        steps=(int(small["step"].min()), int(small["step"].max())),
-        evidence={"min_batch": smallest, "threshold": thr, "typical_batch": typical if np.isfinite(typical) else None},
+        steps=(int(min(steps)), int(max(steps))),
+        evidence={"min_batch": smallest, "threshold": thr, "typical_batch": typical if np.isfinite(typical) else None,
+                  "frac_small_steps": frac if np.isfinite(frac) else None},
         severity=sev,
     )
 
