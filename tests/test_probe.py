@@ -295,7 +295,7 @@ def test_first_nonfinite_step_and_layer(tmp_path):
     opt = torch.optim.SGD(model.parameters(), lr=1e-2)
     crit = nn.CrossEntropyLoss()
     x, y = _data()
-    with trainscope.watch(model, tmp_path / "r", optimizer=opt, criterion=crit, every=50) as probe:
+    with trainscope.watch(model, tmp_path / "r", optimizer=opt, criterion=crit, every=50, grad_norm_every=1) as probe:
         for step in range(8):
             opt.zero_grad()
             xb = x.clone()

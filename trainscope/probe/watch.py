@@ -119,7 +119,7 @@ class Probe:
         scheduler: Any = None,
         every: int = 50,
         activations: bool = True,
-        grad_norm_every: int = 1,
+        grad_norm_every: int = 10,
         flush_seconds: float = 10.0,
         flush_rows: int = 50_000,
         name: str | None = None,
@@ -163,7 +163,7 @@ class Probe:
         self._check_reset = False
         self._grad_reset: Any = None
         self._act_done_step = -1
-        self._snapshots: dict[str, Tensor] = {}
+        self._snapshots: dict[str, list[Tensor]] = {}
         self._force_record = False
         self._seen_nonfinite: set[str] = set()
         self._bn_min_batch: dict[str, int] = {}
@@ -485,12 +485,13 @@ class Probe:
         s = self.step
         now = time.monotonic() - self._t0
         add = self._scalars.append
-        layers = self._params_with_grad()
-        if s % self.grad_norm_every == 0 and layers:
+        record = self._recorded(s) or self._force_record
+        layers = self._params_with_grad() if record or s % self.grad_norm_every == 0 else []
+        if layers:
             gn = st.global_norm([g for _, _, _, gs in layers for g in gs])
             add((s, schema.GRAD_NORM, gn, self._epoch, now))
             if gn.device.type == "cpu" and not math.isfinite(float(gn)) and "grad" not in self._seen_nonfinite:
-                self._force_record = True  # free on CPU: catch the first bad step exactly
+                record = self._force_record = True  # free on CPU: catch the first bad step exactly
         if self.optimizer is not None:
             for i, group in enumerate(self.optimizer.param_groups):
                 lr = group.get("lr")
@@ -518,15 +519,12 @@ class Probe:
         if self._batch_size is not None:
             add((s, schema.LOOP_BATCH_SIZE, float(self._batch_size), self._epoch, now))
         self._pending_rows += 6
-        if self._recorded(s) or self._force_record:
+        if record:
             for name, typ, ps, gs in layers:
-                g = st.flat_cat(gs)
-                self._layers.append((s, name, "grad", typ, st.basic_stats(g)))
-                w = st.flat_cat(ps)
-                self._layers.append((s, name, "weight", typ, st.basic_stats(w)))
+                self._layers.append((s, name, "grad", typ, st.basic_stats(gs)))
+                self._layers.append((s, name, "weight", typ, st.basic_stats(ps)))
                 if self.optimizer is not None:
-                    # flat_cat of one float32 tensor is a view: copy it before the optimizer updates in place
-                    self._snapshots[name] = w.clone() if w.data_ptr() == ps[0].data_ptr() else w
+                    self._snapshots[name] = [p.detach().clone() for p in ps]
             self._pending_rows += 2 * len(layers)
 
     def _step_end(self) -> None:
@@ -535,7 +533,7 @@ class Probe:
             for name, _, typ, params in self._layers_with_params:
                 before = self._snapshots.get(name)
                 if before is not None:
-                    self._layers.append((s, name, "update", typ, st.update_stats(before, st.flat_cat(params))))
+                    self._layers.append((s, name, "update", typ, st.update_stats(before, params)))
             self._pending_rows += len(self._snapshots)
             self._snapshots = {}
         self._force_record = False
@@ -764,7 +762,7 @@ def watch(
     scheduler: Any = None,
     every: int = 50,
     activations: bool = True,
-    grad_norm_every: int = 1,
+    grad_norm_every: int = 10,
     flush_seconds: float = 10.0,
     flush_rows: int = 50_000,
     name: str | None = None,
@@ -777,7 +775,7 @@ def watch(
     scheduler: read (never stepped) to check its cadence against optimizer steps and epochs.
     every: per-layer statistics every `every` optimizer steps (plus steps 0, 1, 2, 4, 8, ...).
     activations: record per-module activation statistics on recorded steps.
-    grad_norm_every: the global gradient norm every this many steps (1 = every step).
+    grad_norm_every: the global gradient norm every this many steps (and on every recorded step).
     """
     return Probe(model, run_dir, optimizer=optimizer, criterion=criterion, scheduler=scheduler, every=every,
                  activations=activations, grad_norm_every=grad_norm_every, flush_seconds=flush_seconds,
