@@ -86,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"render (python): {render_s:.2f} s")
     if not args.no_browser and find_chromium():
         check = open_report(path, out_dir / "report.png", full_page=False)
-        print(f"browser: {check.rendered}/{check.figures} figures drawn in {check.load_ms / 1000:.2f} s "
-              f"(navigation start -> last figure drawn), console errors: {len(check.console_errors)}")
+        print(f"browser: first figure after {check.first_ms / 1000:.2f} s, all {check.rendered}/{check.figures} "
+              f"figures drawn after {check.load_ms / 1000:.2f} s (from navigation start), "
+              f"console errors: {len(check.console_errors)}")
         for e in check.console_errors[:5]:
             print("  ", e)
     elif not args.no_browser:

@@ -52,6 +52,7 @@ class PageCheck:
     rendered: int = 0  # of those, drawn by plotly (.js-plotly-plot with a .main-svg)
     ready: Any = None  # window.__trainscopeReady: true, or "error: ..."
     load_ms: float = 0.0  # navigation start -> every figure drawn
+    first_ms: float = 0.0  # navigation start -> first figure (the top of the page) drawn
     page: dict[str, Any] = field(default_factory=dict)  # result of the `probe_js` expression
     screenshot: Path | None = None
 
@@ -171,7 +172,8 @@ COUNT_JS = """JSON.stringify({
   figures: document.querySelectorAll('.ts-figure').length,
   rendered: Array.from(document.querySelectorAll('.ts-figure')).filter(
       d => d.classList.contains('js-plotly-plot') && d.querySelector('.main-svg')).length,
-  load_ms: window.__trainscopeLoadMs || 0
+  load_ms: window.__trainscopeLoadMs || 0,
+  first_ms: window.__trainscopeFirstMs || 0
 })"""
 
 
@@ -183,10 +185,15 @@ def open_report(
     height: int = 900,
     full_page: bool = True,
     probe_js: str | None = None,
+    clip_selector: str | None = None,
     timeout: float = 60.0,
     binary: str | None = None,
 ) -> PageCheck:
-    """Load `html_path` headless, wait until every figure is drawn, collect errors, screenshot."""
+    """Load `html_path` headless, wait until every figure is drawn, collect errors, screenshot.
+
+    The screenshot is the whole page (`full_page`), the first `height` pixels, or the element
+    matching `clip_selector` (e.g. "#fig-grad" for one section).
+    """
     binary = binary or find_chromium()
     if not binary:
         raise BrowserError("no chromium binary found (apt-get install chromium)")
@@ -194,13 +201,13 @@ def open_report(
     with tempfile.TemporaryDirectory(prefix="trainscope-chromium-") as profile:
         pipe = _Pipe(binary, profile, width, height)
         try:
-            return _check(pipe, url, screenshot, width, height, full_page, probe_js, timeout)
+            return _check(pipe, url, screenshot, width, height, full_page, probe_js, timeout, clip_selector)
         finally:
             pipe.close()
 
 
 def _check(pipe: _Pipe, url: str, screenshot: str | Path | None, width: int, height: int,
-           full_page: bool, probe_js: str | None, timeout: float) -> PageCheck:
+           full_page: bool, probe_js: str | None, timeout: float, clip_selector: str | None = None) -> PageCheck:
     targets = pipe.send("Target.getTargets")["targetInfos"]
     page = next((t for t in targets if t["type"] == "page"), None)
     if page is None:
@@ -231,10 +238,12 @@ def _check(pipe: _Pipe, url: str, screenshot: str | Path | None, width: int, hei
     result.figures, result.rendered = counts["figures"], counts["rendered"]
     if counts["load_ms"]:
         result.load_ms = float(counts["load_ms"])
+    result.first_ms = float(counts["first_ms"] or 0.0)
     if probe_js:
         result.page = json.loads(_eval(pipe, sid, f"JSON.stringify(({probe_js}))"))
     if screenshot is not None:
-        result.screenshot = _screenshot(pipe, sid, Path(screenshot), width, height, full_page)
+        result.screenshot = _screenshot(pipe, sid, Path(screenshot), width, height,
+                                        full_page or clip_selector is not None, clip_selector)
     _collect(pipe.events, result)
     return result
 
@@ -246,7 +255,8 @@ def _eval(pipe: _Pipe, sid: str, expr: str) -> Any:
     return res.get("result", {}).get("value")
 
 
-def _screenshot(pipe: _Pipe, sid: str, path: Path, width: int, height: int, full_page: bool) -> Path:
+def _screenshot(pipe: _Pipe, sid: str, path: Path, width: int, height: int, full_page: bool,
+                clip_selector: str | None = None) -> Path:
     if full_page:
         metrics = pipe.send("Page.getLayoutMetrics", session=sid)
         size = metrics.get("cssContentSize") or metrics["contentSize"]
@@ -254,7 +264,16 @@ def _screenshot(pipe: _Pipe, sid: str, path: Path, width: int, height: int, full
         pipe.send("Emulation.setDeviceMetricsOverride",
                   {"width": width, "height": h, "deviceScaleFactor": 1, "mobile": False}, session=sid)
         pipe.pump(0.5)  # let plotly's responsive relayout settle
-    shot = pipe.send("Page.captureScreenshot", {"format": "png"}, session=sid, timeout=60)
+    params: dict[str, Any] = {"format": "png"}
+    if clip_selector:
+        box = _eval(pipe, sid, "(() => { const e = document.querySelector(%s); if (!e) return null;"
+                    " const r = e.getBoundingClientRect(); return JSON.stringify({x: r.left + scrollX,"
+                    " y: r.top + scrollY, width: r.width, height: r.height}); })()" % json.dumps(clip_selector))
+        if box is None:
+            raise BrowserError(f"no element matches {clip_selector!r}")
+        params["clip"] = dict(json.loads(box), scale=1)
+        params["captureBeyondViewport"] = True
+    shot = pipe.send("Page.captureScreenshot", params, session=sid, timeout=60)
     import base64
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -281,3 +300,30 @@ def _collect(events: list[dict[str, Any]], result: PageCheck) -> None:
                 result.network_requests.append(u)
         elif method == "Page.javascriptDialogOpening":
             result.dialogs.append(p.get("message", ""))
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m trainscope.report.browser REPORT.html [SHOT.png] [--select CSS] [--height PX]"""
+    import argparse
+
+    ap = argparse.ArgumentParser(prog="python -m trainscope.report.browser", description=main.__doc__)
+    ap.add_argument("report")
+    ap.add_argument("screenshot", nargs="?")
+    ap.add_argument("--select", help="screenshot only this element, e.g. '#fig-grad'")
+    ap.add_argument("--height", type=int, default=0, help="screenshot only the top PX pixels")
+    args = ap.parse_args(argv)
+    res = open_report(args.report, args.screenshot, height=args.height or 900, full_page=not args.height,
+                      clip_selector=args.select)
+    print(f"figures drawn: {res.rendered}/{res.figures}; first after {res.first_ms / 1000:.2f} s, "
+          f"all after {res.load_ms / 1000:.2f} s")
+    for what, items in (("console error", res.console_errors), ("network request", res.network_requests),
+                        ("dialog", res.dialogs)):
+        for item in items:
+            print(f"{what}: {item}")
+    ok = res.ready is True and res.rendered == res.figures and not (res.console_errors or res.network_requests
+                                                                     or res.dialogs)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

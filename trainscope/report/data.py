@@ -220,7 +220,7 @@ def marks_for(finding: Finding, anchor: str) -> list[Mark]:
         num = _number(val)
         if num is None:
             continue
-        label = f"{finding.name}: {key.replace('_', ' ')} {val:g}" if isinstance(val, float) else f"{finding.name}: {key.replace('_', ' ')} {val}"
+        label = f"{key.replace('_', ' ')} {num:g}"
         if k == "step" or k.endswith("_step"):
             marks.append(Mark(anchor, finding.name, finding.severity, label, steps=(num,)))
         elif k == "epoch" or k.endswith("_epoch"):

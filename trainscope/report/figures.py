@@ -76,10 +76,12 @@ def _buttons(x: float, active: int, buttons: list[dict]) -> dict[str, Any]:
                 bgcolor="#f9fafb", bordercolor="#d1d5db", buttons=buttons)
 
 
-def _log_toggle(axis: str = "yaxis", x: float = 0.0, default_log: bool = False) -> dict[str, Any]:
+def _log_toggle(axis: str = "yaxis", x: float = 0.0, default_log: bool = False,
+                decade_ticks: bool = True) -> dict[str, Any]:
     return _buttons(x, 1 if default_log else 0, [
         dict(label="linear", method="relayout", args=[{f"{axis}.type": "linear", f"{axis}.dtick": None}]),
-        dict(label="log", method="relayout", args=[{f"{axis}.type": "log", f"{axis}.dtick": 1}]),
+        dict(label="log", method="relayout",
+             args=[{f"{axis}.type": "log", f"{axis}.dtick": 1 if decade_ticks else None}]),
     ])
 
 
@@ -89,6 +91,28 @@ def _spans_decades(y: np.ndarray, decades: float = 2.0) -> bool:
 
 
 LOG_AXIS = dict(type="log", dtick=1, exponentformat="power")  # one tick per decade
+
+
+def log_axis(values: np.ndarray) -> dict[str, Any]:
+    """Log axis; one tick per decade when the data spans several, plotly's own ticks otherwise."""
+    return LOG_AXIS if _spans_decades(np.asarray(values, dtype=np.float64), 1.5) else dict(type="log")
+
+
+def _vlines(items: list[tuple[float, D.Mark]], xref: str = "x") -> tuple[list[dict], list[dict]]:
+    """One dashed line per distinct x, labelled "best epoch 5 · overfitting, no-early-stopping"
+    in the color of its most severe finding (two rules pointing at one epoch share a line)."""
+    groups: dict[float, list[D.Mark]] = {}
+    for x, m in items:
+        groups.setdefault(round(float(x), 6), []).append(m)
+    shapes, anns = [], []
+    for row, (x, ms) in enumerate(sorted(groups.items())):
+        worst = max(ms, key=lambda m: m.severity.rank)
+        labels = list(dict.fromkeys(m.label for m in ms))
+        rules = list(dict.fromkeys(m.rule for m in ms))
+        text = f"{' / '.join(labels)} · {', '.join(rules)}"
+        sh, an = _vline(x, SEVERITY_COLORS[worst.severity.value], text, row % 4, xref)
+        shapes.append(sh), anns.append(an)
+    return shapes, anns
 
 
 def _vline(x: float, color: str, label: str, row: int, xref: str = "x") -> tuple[dict, dict]:
@@ -202,7 +226,9 @@ def loss_section(run: Run, marks: list[D.Mark]) -> Section | None:
             else next(extra, "#64748b")
         )
         label = pe(s.name)
-        noisy = len(s.step) > 30
+        n_epochs = len(np.unique(s.epoch[np.isfinite(s.epoch)]))
+        # smooth series logged every step; a once-per-epoch validation curve is shown as it is
+        noisy = len(s.step) > 30 and (n_epochs == 0 or len(s.step) > 1.5 * n_epochs)
         if noisy:
             tr, ds = _line(s.step, s.value, MAX_LINE_POINTS, name=f"{label} (raw)", legendgroup=label,
                            line=dict(color=color, width=1), opacity=0.35,
@@ -242,28 +268,30 @@ def loss_section(run: Run, marks: list[D.Mark]) -> Section | None:
                      "(log one with probe.log(val_loss=...)).")
 
     extent = run_extent(run)
-    step_shapes, step_anns, epoch_shapes, epoch_anns = [], [], [], []
-    for i, m in enumerate(marks):
+    step_items: list[tuple[float, D.Mark]] = []
+    epoch_items: list[tuple[float, D.Mark]] = []
+    step_shapes, epoch_shapes = [], []
+    for m in marks:
         color = SEVERITY_COLORS[m.severity.value]
         for st in m.steps:
-            sh, an = _vline(st, color, m.label, i)
-            step_shapes.append(sh), step_anns.append(an)
+            step_items.append((st, m))
             ep = emap.epoch_of(st)
             if ep is not None:
-                sh, an = _vline(ep, color, m.label, i)
-                epoch_shapes.append(sh), epoch_anns.append(an)
+                epoch_items.append((ep, m))
         for ep in m.epochs:
-            sh, an = _vline(ep, color, m.label, i)
-            epoch_shapes.append(sh), epoch_anns.append(an)
+            epoch_items.append((ep, m))
             st = emap.step_of(ep)
             if st is not None:
-                sh, an = _vline(st, color, m.label, i)
-                step_shapes.append(sh), step_anns.append(an)
+                step_items.append((st, m))
         if _worth_shading(m.step_range, extent):
             step_shapes.append(_vrect(*m.step_range, color))
             e0, e1 = emap.epoch_of(m.step_range[0]), emap.epoch_of(m.step_range[1])
             if e0 is not None and e1 is not None:
                 epoch_shapes.append(_vrect(e0, e1, color))
+    sh, step_anns = _vlines(step_items)
+    step_shapes += sh
+    sh, epoch_anns = _vlines(epoch_items)
+    epoch_shapes += sh
 
     n = len(fig.data)
     vis_step = [i in step_traces for i in range(n)]
@@ -274,7 +302,8 @@ def loss_section(run: Run, marks: list[D.Mark]) -> Section | None:
     xtitle_step, xtitle_epoch = "step (optimizer steps)", "epoch"
     all_y = np.concatenate([s.value for s in series])
     use_log = _spans_decades(all_y)  # a divergence would squash the rest of the curve flat
-    menus = [_log_toggle(x=0.2 if per_epoch and epoch_traces else 0.0, default_log=use_log)]
+    menus = [_log_toggle(x=0.2 if per_epoch and epoch_traces else 0.0, default_log=use_log,
+                         decade_ticks=_spans_decades(all_y, 1.5))]
     if per_epoch and epoch_traces:
         menus.append(_buttons(0.0, 1 if use_epoch else 0, [
                 dict(label="by step", method="update",
@@ -303,6 +332,15 @@ def metrics_section(run: Run) -> Section | None:
              if not D.is_loss(n) and not n.startswith(D.PROBE_PREFIXES) and n != schema.GRAD_NORM]
     if not names:
         return None
+    once, series = [], []
+    for name in names:
+        s = D.scalar_series(run, name)
+        (once if len(s.step) == 1 else series).append((name, s))
+    notes = ["Logged once: " + ", ".join(f"{n} = {s.value[0]:.4g}" for n, s in once)] if once else []
+    if not series:
+        return Section("metrics", "Other metrics", "Metrics the training loop logged besides the loss.",
+                       notes=notes)
+    names = [n for n, _ in series]
     shown = names[:6]
     fig = make_subplots(rows=len(shown), cols=1, shared_xaxes=True, vertical_spacing=0.06,
                         subplot_titles=[pe(n) for n in shown])
@@ -319,7 +357,8 @@ def metrics_section(run: Run) -> Section | None:
                                        showlegend=False), row=i, col=1)
     _layout(fig, 170 + 150 * len(shown))
     fig.update_xaxes(title_text="step (optimizer steps)", row=len(shown), col=1)
-    notes = [f"{len(names) - 6} more metrics not shown: {', '.join(names[6:])}"] if len(names) > 6 else []
+    if len(names) > 6:
+        notes.append(f"{len(names) - 6} more metrics not shown: {', '.join(names[6:])}")
     return Section("metrics", "Other metrics", "Metrics the training loop logged besides the loss.",
                    figure=fig, notes=notes)
 
@@ -341,7 +380,9 @@ def lr_section(run: Run, marks: list[D.Mark]) -> Section | None:
                        hovertemplate=f"group {pe(group)}<br>step %{{x}}<br>lr %{{y:.3g}}<extra></extra>")
         fig.add_trace(tr)
     shapes, anns = _step_marks(marks, run_extent(run))
-    _layout(fig, 320, updatemenus=[_log_toggle()], shapes=shapes, annotations=anns)
+    all_lr = np.concatenate([D.scalar_series(run, n).value for n in names])
+    _layout(fig, 320, updatemenus=[_log_toggle(decade_ticks=_spans_decades(all_lr, 1.5))], shapes=shapes,
+            annotations=anns)
     fig.update_layout(margin=dict(t=60), legend=dict(x=0.2))
     fig.update_xaxes(title_text="step (optimizer steps)")
     fig.update_yaxes(title_text="learning rate", exponentformat="e", rangemode="tozero")
@@ -350,15 +391,10 @@ def lr_section(run: Run, marks: list[D.Mark]) -> Section | None:
 
 
 def _step_marks(marks: list[D.Mark], extent: tuple[float, float], xref: str = "x") -> tuple[list[dict], list[dict]]:
-    shapes, anns = [], []
-    for i, m in enumerate(marks):
-        color = SEVERITY_COLORS[m.severity.value]
-        for st in m.steps:
-            sh, an = _vline(st, color, m.label, i, xref)
-            shapes.append(sh), anns.append(an)
-        if _worth_shading(m.step_range, extent):
-            shapes.append(_vrect(*m.step_range, color, xref))
-    return shapes, anns
+    shapes = [_vrect(*m.step_range, SEVERITY_COLORS[m.severity.value], xref)
+              for m in marks if _worth_shading(m.step_range, extent)]
+    sh, anns = _vlines([(st, m) for m in marks for st in m.steps], xref)
+    return shapes + sh, anns
 
 
 # ----------------------------------------------------------------------------- gradients
@@ -377,7 +413,8 @@ def grad_norm_section(run: Run, marks: list[D.Mark]) -> Section | None:
         fig.add_trace(_bad_markers(ds.bad_x, _bad_y(ds.x, ds.y, ds.bad_x), ds.bad_kind, "grad norm", "step"))
     shapes, anns = _step_marks(marks, run_extent(run))
     log = _spans_decades(ds.y)
-    _layout(fig, 300, updatemenus=[_log_toggle(default_log=log)], shapes=shapes, annotations=anns)
+    _layout(fig, 300, updatemenus=[_log_toggle(default_log=log, decade_ticks=_spans_decades(ds.y, 1.5))],
+            shapes=shapes, annotations=anns)
     fig.update_layout(margin=dict(t=60), showlegend=len(fig.data) > 1, legend=dict(x=0.2))
     fig.update_xaxes(title_text="step (optimizer steps)")
     fig.update_yaxes(title_text="‖gradient‖₂ (all parameters)", **(LOG_AXIS if log else {}))
@@ -465,7 +502,7 @@ def grad_section(run: Run, marks: list[D.Mark]) -> Section | None:
                          hovertemplate="%{y}<br>latest ‖grad‖₂ %{x:.3g}<extra></extra>"), row=1, col=2)
     _layer_yaxis(fig, labels, 1, 1)
     _layer_yaxis(fig, labels, 1, 2)
-    fig.update_xaxes(title_text="latest ‖grad‖₂", row=1, col=2, **LOG_AXIS)
+    fig.update_xaxes(title_text="latest ‖grad‖₂", row=1, col=2, **log_axis(pos))
     fig.update_xaxes(title_text="step (optimizer steps)", row=1, col=1)
     shapes, anns = _step_marks(marks, run_extent(run), "x")
     shapes += _highlight_rows(m.layers, marks, "x", "y")
@@ -566,7 +603,7 @@ def act_stats_section(run: Run, marks: list[D.Mark]) -> Section | None:
     show = len(labels) <= 60
     fig.update_xaxes(tickmode="array", tickvals=x, ticktext=labels, tickangle=-40 if len(labels) > 6 else 0,
                      tickfont=dict(size=11 if len(labels) <= 30 else 8), showticklabels=show, row=2, col=1)
-    fig.update_yaxes(title_text="std", row=2, col=1, **LOG_AXIS)
+    fig.update_yaxes(title_text="std", row=2, col=1, **log_axis(np.concatenate([firsts[1], lasts[1]])))
     fig.update_yaxes(title_text="mean", row=1, col=1)
     _layout(fig, 600 + (6 * max(len(max(labels, key=len)), 10) if show else 0), shapes=shapes)
     fig.update_annotations(font=dict(size=13))

@@ -50,7 +50,7 @@ def synthetic_run(
         loss = 2.3 * np.exp(-4 * t) + 0.05 + 0.08 * rng.standard_normal(steps) * np.exp(-2 * t) + 0.01 * rank
         loss = np.abs(loss)
         if diverge_at is not None and diverge_at < steps:
-            loss[diverge_at:] = loss[diverge_at] * np.exp(np.arange(steps - diverge_at) * 0.5)
+            loss[diverge_at:] = loss[diverge_at] * np.exp(np.minimum(np.arange(steps - diverge_at), 600) * 0.5)
             loss[diverge_at + 20:] = np.nan
             loss[diverge_at + 10] = np.inf
         gnorm = 1.0 + 0.3 * rng.standard_normal(steps) ** 2

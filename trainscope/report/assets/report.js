@@ -15,7 +15,11 @@
       return;
     }
     var block = blocks[i], id = block.getAttribute("data-target"), t = performance.now();
-    var next = function () { timings[id] = performance.now() - t; setTimeout(function () { draw(i + 1); }, 0); };
+    var next = function () {
+      timings[id] = performance.now() - t;
+      if (i === 0) { window.__trainscopeFirstMs = performance.now(); }
+      setTimeout(function () { draw(i + 1); }, 0);
+    };
     try {
       var spec = JSON.parse(block.textContent);
       Plotly.newPlot(document.getElementById(id), spec.data, spec.layout, config).then(next, function (err) {
