@@ -59,7 +59,8 @@ def test_sigkill_leaves_a_readable_store(tmp_path):
     losses = run.scalar("train_loss")
     assert len(losses) >= 19 and list(losses.index[:19]) == list(range(19))
     assert not run.layers.empty
-    assert not any(p.name.startswith(".tmp") and p.suffix == ".parquet" for p in run_dir.rglob("*"))
+    # a chunk being written at the kill is a dot-named temp file: pandas and load_run skip it
+    assert len(pd.read_parquet(run_dir / "scalars").query("name == 'train_loss'")) == len(losses)
 
 
 @pytest.mark.skipif(shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists(),
