@@ -215,6 +215,7 @@ def train(
     clip: float | None = None,
     max_steps: int | None = None,
     drop_last: bool = True,
+    grad_norm_every: int = 1,
 ) -> "trainscope.store.run.Run":
     """Train for real, record with trainscope.watch, return the loaded run.
 
@@ -232,7 +233,8 @@ def train(
     sched = scheduler(opt, epochs * opt_steps_per_epoch) if scheduler else None
     g = torch.Generator().manual_seed(seed)
     done = 0
-    with trainscope.watch(model, run_dir, optimizer=opt, criterion=crit, scheduler=sched, every=every) as probe:
+    with trainscope.watch(model, run_dir, optimizer=opt, criterion=crit, scheduler=sched, every=every,
+                          grad_norm_every=grad_norm_every) as probe:
         for epoch in range(1, epochs + 1):
             model.train() if train_mode else model.eval()
             perm = torch.randperm(len(data.x_train), generator=g)

@@ -162,3 +162,17 @@ def test_loop_rules_skip_imported_logs() -> None:
     assert report.findings == [] and not report.crashed
     assert {s.name for s in report.skipped} >= {"missing-zero-grad", "softmax-before-cross-entropy"}
 
+
+
+def test_every_fix_is_filled_in_on_every_scenario() -> None:
+    import re
+
+    from trainscope.rules.engine import diagnose_report
+
+    for name in h.SCENARIOS:
+        report = diagnose_report(scenario(name), select=["TS2", "TS3", "TS4", "TS5", "TS6"])
+        assert not report.crashed, (name, report.crashed)
+        for f in report.findings:
+            assert f.message and f.fixes and f.reference, (name, f.name)
+            for fix in f.fixes:
+                assert not re.search(r"\{\w+\}", fix), (name, f.name, fix)

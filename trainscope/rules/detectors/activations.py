@@ -98,7 +98,7 @@ def collapsed_activations(ctx: Context) -> Iterator[Finding]:
 
 
 def _input_std(ctx: Context) -> tuple[float, str]:
-    """Scale the collapse threshold by the input's std (from the probe), else 1."""
+    """Scale the collapse threshold by the input's std (from the probe, capped at 1), else 1."""
     ev = events(ctx.run, "input_scale")
     if not ev.empty:
         std = detail(ev.iloc[0]).get("std")
@@ -106,6 +106,6 @@ def _input_std(ctx: Context) -> tuple[float, str]:
             std = float(std)
         except (TypeError, ValueError):
             std = float("nan")
-        if np.isfinite(std) and std > 0:
+        if np.isfinite(std) and 0 < std < 1:
             return std, "input std"
     return 1.0, "unit scale"
