@@ -177,6 +177,41 @@ COUNT_JS = """JSON.stringify({
 })"""
 
 
+class Browser:
+    """One headless Chromium for several pages (starting one costs a second or more).
+
+        with Browser() as b:
+            for path in reports:
+                check = b.open(path, "shot.png")
+    """
+
+    def __init__(self, binary: str | None = None, width: int = 1280, height: int = 900) -> None:
+        binary = binary or find_chromium()
+        if not binary:
+            raise BrowserError("no chromium binary found (apt-get install chromium)")
+        self._profile = tempfile.TemporaryDirectory(prefix="trainscope-chromium-")
+        self._pipe = _Pipe(binary, self._profile.name, width, height)
+        self.width, self.height = width, height
+
+    def open(self, html_path: str | Path, screenshot: str | Path | None = None, *, full_page: bool = True,
+             height: int | None = None, probe_js: str | None = None, clip_selector: str | None = None,
+             timeout: float = 60.0) -> PageCheck:
+        """Load a report in a fresh tab, wait for every figure, collect errors, screenshot."""
+        url = Path(html_path).resolve().as_uri()
+        return _check(self._pipe, url, screenshot, self.width, height or self.height, full_page, probe_js,
+                      timeout, clip_selector)
+
+    def close(self) -> None:
+        self._pipe.close()
+        self._profile.cleanup()
+
+    def __enter__(self) -> "Browser":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def open_report(
     html_path: str | Path,
     screenshot: str | Path | None = None,
@@ -194,27 +229,26 @@ def open_report(
     The screenshot is the whole page (`full_page`), the first `height` pixels, or the element
     matching `clip_selector` (e.g. "#fig-grad" for one section).
     """
-    binary = binary or find_chromium()
-    if not binary:
-        raise BrowserError("no chromium binary found (apt-get install chromium)")
-    url = Path(html_path).resolve().as_uri()
-    with tempfile.TemporaryDirectory(prefix="trainscope-chromium-") as profile:
-        pipe = _Pipe(binary, profile, width, height)
-        try:
-            return _check(pipe, url, screenshot, width, height, full_page, probe_js, timeout, clip_selector)
-        finally:
-            pipe.close()
+    with Browser(binary, width, height) as browser:
+        return browser.open(html_path, screenshot, full_page=full_page, probe_js=probe_js,
+                            clip_selector=clip_selector, timeout=timeout)
 
 
 def _check(pipe: _Pipe, url: str, screenshot: str | Path | None, width: int, height: int,
            full_page: bool, probe_js: str | None, timeout: float, clip_selector: str | None = None) -> PageCheck:
-    targets = pipe.send("Target.getTargets")["targetInfos"]
-    page = next((t for t in targets if t["type"] == "page"), None)
-    if page is None:
-        page_id = pipe.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-    else:
-        page_id = page["targetId"]
+    # a fresh tab per report, so nothing (events, scroll, zoom) carries over between reports
+    page_id = pipe.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+    try:
+        return _check_tab(pipe, page_id, url, screenshot, width, height, full_page, probe_js, timeout,
+                          clip_selector)
+    finally:
+        pipe.send("Target.closeTarget", {"targetId": page_id})
+
+
+def _check_tab(pipe: _Pipe, page_id: str, url: str, screenshot: str | Path | None, width: int, height: int,
+               full_page: bool, probe_js: str | None, timeout: float, clip_selector: str | None) -> PageCheck:
     sid = pipe.send("Target.attachToTarget", {"targetId": page_id, "flatten": True})["sessionId"]
+    pipe.events = []
     for domain in ("Page", "Runtime", "Log", "Network"):
         pipe.send(f"{domain}.enable", session=sid)
     pipe.send("Emulation.setDeviceMetricsOverride",
@@ -244,7 +278,7 @@ def _check(pipe: _Pipe, url: str, screenshot: str | Path | None, width: int, hei
     if screenshot is not None:
         result.screenshot = _screenshot(pipe, sid, Path(screenshot), width, height,
                                         full_page or clip_selector is not None, clip_selector)
-    _collect(pipe.events, result)
+    _collect([e for e in pipe.events if e.get("sessionId") in (None, sid)], result)
     return result
 
 
