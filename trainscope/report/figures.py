@@ -93,9 +93,14 @@ def _spans_decades(y: np.ndarray, decades: float = 2.0) -> bool:
 LOG_AXIS = dict(type="log", dtick=1, exponentformat="power")  # one tick per decade
 
 
-def log_axis(values: np.ndarray) -> dict[str, Any]:
-    """Log axis; one tick per decade when the data spans several, plotly's own ticks otherwise."""
-    return LOG_AXIS if _spans_decades(np.asarray(values, dtype=np.float64), 1.5) else dict(type="log")
+def log_axis(values: np.ndarray, max_ticks: int = 8) -> dict[str, Any]:
+    """Log axis; a tick per decade (or per few) when the data spans several, plotly's own otherwise."""
+    v = np.asarray(values, dtype=np.float64)
+    if not _spans_decades(v, 1.5):
+        return dict(type="log")
+    pos = v[np.isfinite(v) & (v > 0)]
+    span = np.log10(pos.max()) - np.log10(pos.min())
+    return dict(LOG_AXIS, dtick=max(1, int(np.ceil(span / max_ticks))))
 
 
 def _vlines(items: list[tuple[float, D.Mark]], xref: str = "x") -> tuple[list[dict], list[dict]]:
@@ -465,12 +470,25 @@ def _heatmap(fig: go.Figure, cols: Any, z: np.ndarray, labels: list[str], row: i
         ), row=row, col=col)
 
 
-def _layer_yaxis(fig: go.Figure, labels: list[str], row: int = 1, col: int = 1) -> None:
+def _layer_yaxis(fig: go.Figure, labels: list[str], row: int = 1, col: int = 1,
+                 layers: list[str] | None = None, marks: list[D.Mark] | None = None) -> None:
+    """Categorical layer axis, input at the top; layers a finding names get a bold colored label."""
     # type=category: nn.Sequential names ("0", "1") would otherwise make a numeric axis
+    kw: dict[str, Any] = {}
+    if layers is not None and marks:
+        color = {}
+        for m in sorted(marks, key=lambda m: m.severity.rank):  # most severe wins
+            for layer in m.layers:
+                color[layer] = SEVERITY_COLORS[m.severity.value]
+        if any(n in color for n in layers):
+            # labels are already escaped (pe), so wrapping them in plotly's markup is safe
+            text = [f"<span style='color:{color[n]}'><b>▶ {lab}</b></span>" if n in color else lab
+                    for n, lab in zip(layers, labels)]
+            kw = dict(tickmode="array", tickvals=labels, ticktext=text)
     fig.update_yaxes(type="category", categoryorder="array", categoryarray=labels, autorange="reversed",
                      showgrid=False, ticks="",
                      tickfont=dict(size=12 if len(labels) <= 30 else 10 if len(labels) <= 80 else 8),
-                     row=row, col=col)
+                     row=row, col=col, **kw)
 
 
 def grad_section(run: Run, marks: list[D.Mark]) -> Section | None:
@@ -500,9 +518,9 @@ def grad_section(run: Run, marks: list[D.Mark]) -> Section | None:
                          name="latest", showlegend=False, text=np.where(latest == 0, "0", ""),
                          textposition="outside", cliponaxis=False,
                          hovertemplate="%{y}<br>latest ‖grad‖₂ %{x:.3g}<extra></extra>"), row=1, col=2)
-    _layer_yaxis(fig, labels, 1, 1)
+    _layer_yaxis(fig, labels, 1, 1, m.layers, marks)
     _layer_yaxis(fig, labels, 1, 2)
-    fig.update_xaxes(title_text="latest ‖grad‖₂", row=1, col=2, **log_axis(pos))
+    fig.update_xaxes(title_text="latest ‖grad‖₂", row=1, col=2, tickangle=0, **log_axis(pos, max_ticks=3))
     fig.update_xaxes(title_text="step (optimizer steps)", row=1, col=1)
     shapes, anns = _step_marks(marks, run_extent(run), "x")
     shapes += _highlight_rows(m.layers, marks, "x", "y")
@@ -536,7 +554,7 @@ def _fraction_heatmap(run: Run, stat: str, sec_id: str, title: str, caption: str
     fig = make_subplots(rows=1, cols=1)
     _heatmap(fig, cols, cols.values.astype(np.float32), labels, 1, 1, colorscale=scale, zmin=0, zmax=1, cbar_title=cbar,
              hover="%{y}<br>step %{x}<br>" + pe(cbar) + " %{z:.0%}<extra></extra>")
-    _layer_yaxis(fig, labels)
+    _layer_yaxis(fig, labels, layers=m.layers, marks=marks)
     shapes, anns = _step_marks(marks, run_extent(run))
     shapes += _highlight_rows(m.layers, marks, "x", "y")
     _layout(fig, _heatmap_height(len(labels)), shapes=shapes, annotations=anns)
@@ -633,7 +651,7 @@ def _update_heatmap(m: D.LayerMatrix, marks: list[D.Mark], extent: tuple[float, 
     fig.update_traces(colorbar=dict(tickvals=[-6, -5, -4, -3, -2, -1, 0],
                                     ticktext=["1e-6", "1e-5", "1e-4", "1e-3", "1e-2", "1e-1", "1"]),
                       selector=dict(type="heatmap"))
-    _layer_yaxis(fig, labels)
+    _layer_yaxis(fig, labels, layers=m.layers, marks=marks)
     shapes, anns = _step_marks(marks, extent)
     shapes += _highlight_rows(m.layers, marks, "x", "y")
     _layout(fig, _heatmap_height(len(labels)), shapes=shapes, annotations=anns)
