@@ -114,7 +114,8 @@ def divergence(ctx: Context) -> list[Finding]:
     t = raw
     if len(t) < 5:
         raise NotApplicable(f"only {len(t)} training-loss values")
-    head = head_level(t, 0.05, lo=min(3, len(t)))
+    # the loss at initialization: the first values, before any blow-up (min of the first 3)
+    head = float(np.min(t.to_numpy()[:3]))
     if head <= 0:
         raise NotApplicable("training loss is not positive; relative divergence tests do not apply")
     spikes = t[t > ctx.p("spike_factor") * head]
@@ -201,7 +202,10 @@ def overfitting(ctx: Context) -> list[Finding]:
     noise = _val_noise(v)
     rising = val_rise >= ctx.p("min_val_rise") and (v_end - v[b]) > 3 * noise and after >= 2
     plateau = after >= max(2, int(0.2 * len(v)))
+    gap_growth = (gap_end - gap_best) / max(abs(v_end), 1e-12)
     if train_drop < ctx.p("min_train_drop") or rel_gap < ctx.p("min_gap") or not (rising or plateau):
+        return []
+    if gap_growth < ctx.p("min_gap_growth"):
         return []
     word = _epoch_word(e)
     best_epoch = e.label(b)
@@ -326,21 +330,29 @@ def oscillation(ctx: Context) -> list[Finding]:
     fv = _common_fix_values(ctx.run)
     # 1. validation curve: evaluated on a fixed set, so its swings are the weights jumping around
     e = eval_curve(ctx.run, VAL_LOSS_NAMES)
-    if e is not None and len(e) >= 6:
+    if e is not None and len(e) >= 8:
         v = e.val
         level = float(np.median(v))
         d = np.diff(v)
         reversals = float(np.mean(np.sign(d[1:]) != np.sign(d[:-1])))
-        amp = _d2_amplitude(v) / level if level > 0 else 0.0
-        if amp >= ctx.p("min_val_swing") and reversals >= ctx.p("min_reversals"):
+        # distance of each point from the median of it and its neighbours: zero on any monotone
+        # stretch however curved, the size of the swing at each peak or trough
+        mid = np.median(np.stack([v[:-2], v[1:-1], v[2:]]), axis=0)
+        off = np.abs(v[1:-1] - mid) / level if level > 0 else np.zeros(len(v) - 2)
+        swings = int(np.sum(off >= ctx.p("min_val_swing")))
+        share = swings / len(off)
+        if swings >= 3 and share >= ctx.p("min_swing_share") and reversals >= ctx.p("min_reversals"):
             word = _epoch_word(e)
+            amp = float(np.mean(off[off >= ctx.p("min_val_swing")]))
             return [
                 ctx.finding(
-                    f"val loss swings {amp:.0%} of its level {_fmt(level)} from {word} to {word} "
-                    f"(threshold {ctx.p('min_val_swing'):.0%}) and changes direction at {reversals:.0%} of "
-                    f"{word}s (threshold {ctx.p('min_reversals'):.0%}) instead of settling",
+                    f"val loss zigzags: {swings} of {len(off)} {word}s are peaks or troughs standing "
+                    f"{amp:.1%} (on average) of its level {_fmt(level)} off their neighbours "
+                    f"(thresholds {ctx.p('min_val_swing'):.0%}, {ctx.p('min_swing_share'):.0%} of {word}s); "
+                    f"it changes direction at {reversals:.0%} of {word}s instead of settling",
                     steps=(int(e.steps[0]), int(e.steps[-1])),
-                    evidence={"val_swing": amp, "reversals": reversals, "level": level, "points": len(v)},
+                    evidence={"swings": swings, "swing_share": share, "val_swing": amp, "reversals": reversals,
+                              "level": level, "points": len(v)},
                     fix_values=fv,
                 )
             ]
@@ -348,7 +360,7 @@ def oscillation(ctx: Context) -> list[Finding]:
     t = finite(_train_loss(ctx.run))
     half = t.iloc[len(t) // 2 :]
     if len(half) < ctx.p("min_points"):
-        if e is not None and len(e) >= 6:
+        if e is not None and len(e) >= 8:
             return []
         raise NotApplicable(f"only {len(half)} training-loss values in the second half (needs {ctx.p('min_points')})")
     size = max(3, len(half) // 20)
