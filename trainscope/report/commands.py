@@ -35,5 +35,6 @@ def register(app: typer.Typer) -> None:
             typer.echo(f"trainscope: error: {run}: {e}", err=True)
             raise typer.Exit(2) from None
         counts = {s: sum(1 for f in findings if f.severity.value == s) for s in ("error", "warning", "info")}
-        summary = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no findings"
+        plural = {"error": "errors", "warning": "warnings", "info": "info"}
+        summary = ", ".join(f"{n} {s if n == 1 else plural[s]}" for s, n in counts.items() if n) or "no findings"
         typer.echo(f"HTML report: {path} ({summary})")

@@ -212,7 +212,8 @@ def loss_section(run: Run, marks: list[D.Mark]) -> Section | None:
     names = [n for n in run.scalar_names() if D.is_loss(n)]
     if not names:
         return None
-    names.sort(key=lambda n: (D.is_validation(n), n))
+    # training first, then validation with val_* before test_* (it is the curve early stopping uses)
+    names.sort(key=lambda n: (D.is_validation(n), not n.lower().startswith("val"), n))
     emap = EpochMap(run)
     series = [D.scalar_series(run, n) for n in names]
     per_epoch = all(np.isfinite(s.epoch).all() and len(s.step) > 0 for s in series) and emap.known

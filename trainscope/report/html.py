@@ -76,7 +76,7 @@ def _params(d: Any) -> str:
         if v is None or isinstance(v, (dict, list)) and not v:
             continue
         if isinstance(v, float):
-            v = f"{v:g}"
+            v = f"{v:.3g}"
         elif isinstance(v, (list, tuple)):
             v = "(" + ", ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in v) + ")"
         parts.append(f"{k}={v}")
@@ -159,7 +159,9 @@ def _run_card(run: Run) -> str:
     opt = meta.get("optimizer")
     groups = opt.get("param_groups") if isinstance(opt, dict) else None
     if isinstance(groups, list) and len(groups) > 1:
-        rows.append(("param groups", esc("; ".join(_params(g) for g in groups if isinstance(g, dict)))))
+        keep = ("lr", "weight_decay", "momentum", "n_params")
+        rows.append(("param groups", esc("; ".join(
+            f"{i}: " + _params({k: g[k] for k in keep if k in g}) for i, g in enumerate(groups) if isinstance(g, dict)))))
     body = "".join(f"<dt>{esc(k)}</dt><dd>{v}</dd>" for k, v in rows if v)
     return f'<section class="card" id="run"><h2>Run</h2><dl class="summary">{body}</dl></section>'
 
@@ -214,7 +216,7 @@ def _finding_card(f: Finding, anchor: str, section: Section | None) -> str:
 def _findings_block(findings: list[Finding], anchors: list[str], sections: dict[str, Section],
                     targets: list[str]) -> str:
     if not findings:
-        body = '<div class="healthy">No findings: nothing in this run matched a rule. The figures below show why.</div>'
+        body = '<div class="healthy">No findings: every rule that could run on this run stayed silent.</div>'
     else:
         body = '<div class="findings-list">' + "".join(
             _finding_card(f, a, sections.get(t)) for f, a, t in zip(findings, anchors, targets)) + "</div>"
