@@ -107,7 +107,7 @@ class _ActivationTrace(TorchFunctionMode):
 
 
 class Probe:
-    """Records a training run; see `watch` for the arguments."""
+    """Records a training run; `trainscope.watch(model, run_dir, **options)` makes one (options there)."""
 
     def __init__(
         self,
@@ -752,30 +752,17 @@ def _close_live_probes() -> None:
             pass
 
 
-def watch(
-    model: nn.Module,
-    run_dir: str | os.PathLike[str] | None = None,
-    *,
-    optimizer: torch.optim.Optimizer | None = None,
-    criterion: Callable[..., Tensor] | None = None,
-    scheduler: Any = None,
-    every: int = 50,
-    activations: bool = True,
-    grad_norm_every: int = 10,
-    flush_seconds: float = 10.0,
-    flush_rows: int = 50_000,
-    name: str | None = None,
-    config: dict[str, Any] | None = None,
-) -> Probe:
-    """Attach the probe to `model` and record into `run_dir`.
+def watch(model: nn.Module, run_dir: str | os.PathLike[str] | None = None, **options: Any) -> Probe:
+    """Attach the probe to `model` and record into `run_dir`; returns the `Probe`.
 
+    Options (keyword-only, see `Probe`):
     optimizer: hooked to count steps and read lr/momentum; without it a step is a backward pass.
     criterion: an nn.Module loss; its inputs tell whether logits or probabilities reach it.
     scheduler: read (never stepped) to check its cadence against optimizer steps and epochs.
-    every: per-layer statistics every `every` optimizer steps (plus steps 0, 1, 2, 4, 8, ...).
-    activations: record per-module activation statistics on recorded steps.
-    grad_norm_every: the global gradient norm every this many steps (and on every recorded step).
+    every: per-layer statistics every `every` optimizer steps (plus steps 0, 1, 2, 4, 8, ...), default 50.
+    activations: record per-module activation statistics on recorded steps (default True).
+    grad_norm_every: the global gradient norm every this many steps (default 10) and on recorded steps.
+    flush_seconds, flush_rows: how often buffered rows are written (default 10 s / 50 000 rows).
+    name, config: the run's name and any JSON-able dict to keep in meta.json.
     """
-    return Probe(model, run_dir, optimizer=optimizer, criterion=criterion, scheduler=scheduler, every=every,
-                 activations=activations, grad_norm_every=grad_norm_every, flush_seconds=flush_seconds,
-                 flush_rows=flush_rows, name=name, config=config)
+    return Probe(model, run_dir, **options)
