@@ -485,6 +485,39 @@ SCENARIOS: dict[str, Callable[[Path], "trainscope.store.run.Run"]] = {
 
 HEALTHY = tuple(n for n in SCENARIOS if n.startswith("healthy-"))
 
+# What is truly wrong in each scenario, for the gradient/activation/init/LR/loop rules (TS2-TS6):
+# checked by hand against the run's own numbers, not copied from the detectors' output. Symptoms
+# that are really there count (the first layer of a net with a dead layer does get no gradient).
+LABELS: dict[str, set[str]] = {
+    **{n: set() for n in HEALTHY},
+    "healthy-bn-tail-batch": {"batchnorm-small-batch"},  # the 3-sample last batch (info, drop_last)
+    "deep-sigmoid": {"poor-initialization", "vanishing-gradients"},
+    "sgd-lr-2": {"lr-too-high", "exploding-gradients", "nan-or-inf"},
+    "outlier-regression": {"unstable-gradients"},
+    "dead-relu-bias": {"dead-relu", "vanishing-gradients", "collapsed-activations"},
+    "nan-loss": {"nan-or-inf", "lr-too-high"},
+    "saturated-tanh": {"saturated-activations", "unnormalized-inputs"},
+    "collapsed-tiny-init": {"poor-initialization", "collapsed-activations", "vanishing-gradients", "dead-relu"},
+    "streamrec-default": {"poor-initialization"},
+    "streamrec-xavier": {"poor-initialization"},
+    "lr-high-adam": {"lr-too-high", "dead-relu", "unstable-gradients", "vanishing-gradients"},
+    "lr-low-sgd": {"lr-too-low"},
+    "softmax-ce": {"softmax-before-cross-entropy"},
+    "sigmoid-bcelogits": {"output-activation-mismatch"},
+    "logsoftmax-ce": {"output-activation-mismatch"},
+    "softmax-nll": {"output-activation-mismatch", "initial-loss-mismatch"},  # NLL of probabilities: L0 < 0
+    "logsoftmax-nll": set(),
+    "eval-mode": {"eval-mode-during-training"},
+    "no-zero-grad": {"missing-zero-grad"},
+    "adam-weight-decay": {"adam-l2-weight-decay"},
+    "onecycle-per-epoch": {"scheduler-step-cadence"},
+    "steplr-per-batch": {"scheduler-step-cadence"},
+    "bn-batch-4": {"batchnorm-small-batch"},
+    "dropout-then-bn": {"dropout-before-batchnorm"},
+    "biased-head": {"initial-loss-mismatch"},
+    "raw-scale-inputs": {"unnormalized-inputs", "initial-loss-mismatch"},
+}
+
 
 def scenario(name: str) -> "trainscope.store.run.Run":
     """The recorded run of a named scenario, trained on first use and cached for the session."""

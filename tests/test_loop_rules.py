@@ -15,7 +15,8 @@ FAMILY = ["TS6"]
 
 @pytest.mark.parametrize("name", HEALTHY)
 def test_healthy_runs_give_no_loop_findings(name: str) -> None:
-    found = {n: f for n, f in findings(scenario(name), select=FAMILY).items() if f.severity.value != "info"}
+    found = {n: f for n, f in findings(scenario(name), select=FAMILY).items()
+             if not (n == "batchnorm-small-batch" and f.severity.value == "info")}  # a short last batch
     assert found == {}, {n: f.message for n, f in found.items()}
 
 
@@ -176,3 +177,10 @@ def test_every_fix_is_filled_in_on_every_scenario() -> None:
             assert f.message and f.fixes and f.reference, (name, f.name)
             for fix in f.fixes:
                 assert not re.search(r"\{\w+\}", fix), (name, f.name, fix)
+
+
+@pytest.mark.parametrize("name", sorted(h.LABELS))
+def test_labelled_scenario_gets_exactly_its_labels(name: str) -> None:
+    """Every rule of TS2-TS6 that fires is a true label (no false alarm), every label fires (no miss)."""
+    found = set(findings(scenario(name), select=["TS2", "TS3", "TS4", "TS5", "TS6"]))
+    assert found == h.LABELS[name], {"missed": h.LABELS[name] - found, "false alarms": found - h.LABELS[name]}

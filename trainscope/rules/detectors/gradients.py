@@ -51,6 +51,10 @@ def _flow(ctx: Context) -> tuple[pd.DataFrame, str, str, pd.Series]:
 def vanishing_gradients(ctx: Context) -> Iterator[Finding]:
     norms, first, last, ratio = _flow(ctx)
     thr = float(ctx.p("ratio_min"))
+    # judge the later half of the run: gradients that vanish from the start (a sigmoid stack) or
+    # stop reaching the first layers later (behind a layer that died) both show there
+    n = len(ratio)
+    ratio = ratio.iloc[-max(int(ctx.p("min_steps")), n - n // 2):]
     low = ratio < thr
     frac = float(low.mean())
     if frac < float(ctx.p("sustain")):

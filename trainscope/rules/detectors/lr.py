@@ -19,22 +19,25 @@ from trainscope.rules.finding import Finding
 from trainscope.rules.registry import Context, NotApplicable, detector
 
 
-def _ratios(ctx: Context) -> tuple[pd.Series, pd.DataFrame]:
-    """Median update ratio across compute layers, per recorded step, at the run's working LR."""
+def _ratios(ctx: Context, min_steps: int | None = None) -> tuple[pd.Series, pd.DataFrame]:
+    """Median update ratio across compute layers per recorded step, and the step x layer table,
+    both restricted to the run's working LR."""
     u = layer_rows(ctx.run, "update")
     u = u[u["module_type"].map(is_compute)]
     table = pivot(u, "ratio")
     table = table.where(table > 0)  # an exact 0 is a frozen layer: another problem
     per_step = table.median(axis=1, skipna=True).dropna()
     per_step = per_step[np.isfinite(per_step)]
+    need = int(ctx.p("min_steps")) if min_steps is None else min_steps
     # judge at the working LR: leave out warmup and the decayed tail of a schedule
     lr = ctx.run.scalar("lr/0")
     if not lr.empty and lr.max() > 0:
         working = lr[lr >= 0.3 * lr.max()].index
         kept = per_step[per_step.index.isin(working)]
-        if len(kept) >= int(ctx.p("min_steps")):
+        if len(kept) >= need:
             per_step = kept
-    if len(per_step) < int(ctx.p("min_steps")):
+            table = table[table.index.isin(working)]
+    if len(per_step) < max(1, need):
         raise NotApplicable(f"only {len(per_step)} recorded steps with weight updates")
     return per_step, table
 
@@ -65,37 +68,46 @@ def _suggest(ctx: Context, measured: float) -> tuple[str, float]:
 
 @detector("lr-too-low")
 def lr_too_low(ctx: Context) -> Iterator[Finding]:
-    per_step, _ = _ratios(ctx)
-    med = float(per_step.median())
+    per_step, table = _ratios(ctx)
+    # Judge the fastest-moving layer: when only the first layers crawl, gradients vanish (another
+    # rule); the LR is too low when no layer moves at a healthy rate.
+    per_layer = table.median(skipna=True).dropna()
+    if per_layer.empty:
+        return
+    fastest = str(per_layer.idxmax())
+    top = float(per_layer.max())
     thr = float(ctx.p("ratio_min"))
-    if med >= thr:
+    if top >= thr:
         return
     drop, _, _ = _loss_drop(ctx)
     max_drop = float(ctx.p("max_loss_drop"))
     if drop is not None and drop > max_drop:
         return  # the loss is falling well: small steps are working (e.g. fine-tuning)
-    new_lr, factor = _suggest(ctx, med)
+    new_lr, factor = _suggest(ctx, top)
     lr = current_lr(ctx.run)
     loss_note = f"; loss fell only {drop:.1%} (<= {max_drop:.0%})" if drop is not None else ""
     yield ctx.finding(
-        f"median update ratio ||dW||/||W|| {fmt(med)} < {fmt(thr)} per step over steps "
-        f"{int(per_step.index[0])}-{int(per_step.index[-1])}{loss_note}",
+        f"update ratio ||dW||/||W|| of the fastest-moving layer ({fastest}) {fmt(top)} < {fmt(thr)} per step "
+        f"(median over layers {fmt(per_step.median())}) over steps {int(per_step.index[0])}-"
+        f"{int(per_step.index[-1])}{loss_note}",
         steps=(int(per_step.index[0]), int(per_step.index[-1])),
-        evidence={"update_ratio": med, "threshold": thr, "lr": lr, "loss_drop": drop, "suggested_lr": new_lr},
+        evidence={"update_ratio": top, "fastest_layer": fastest, "update_ratio_median": float(per_step.median()),
+                  "threshold": thr, "lr": lr, "loss_drop": drop, "suggested_lr": new_lr},
         fix_values={"lr": fmt(lr) if lr else "?", "lr_new": new_lr, "factor": fmt(factor)},
     )
 
 
 @detector("lr-too-high")
 def lr_too_high(ctx: Context) -> Iterator[Finding]:
-    per_step, _ = _ratios(ctx)
+    drop, nonfinite, spike = _loss_drop(ctx)
+    # a run that went NaN within a few steps leaves few finite updates: judge those it has
+    per_step, _ = _ratios(ctx, min_steps=1 if nonfinite else None)
     # the first recorded steps show an oversized LR before weights grow to absorb it
     early = float(per_step.iloc[: int(ctx.p("early_steps"))].median())
     overall = float(per_step.median())
     med = max(early, overall)
     which = "first recorded steps" if early >= overall else "all recorded steps"
     thr = float(ctx.p("ratio_max"))
-    drop, nonfinite, spike = _loss_drop(ctx)
     extreme = float(ctx.p("ratio_extreme"))
     spiked = np.isfinite(spike) and spike >= float(ctx.p("loss_spike"))
     struggling = nonfinite or spiked or (drop is not None and drop < float(ctx.p("min_loss_drop")))
