@@ -129,7 +129,11 @@ def test_findings_json_round_trips() -> None:
     data = findings_json(render_report(run, findings))
     order = sorted(findings, key=lambda f: -f.severity.rank)
     assert data["findings"] == [json.loads(json.dumps(f.to_dict())) for f in order]
-    assert data["run"]["name"] == run.name and data["run"]["status"] == run.status
+    assert data["run"] == run.name and data["run_info"]["status"] == run.status
+    # the same document `trainscope diagnose --format json` prints
+    from trainscope.rules.render import to_json_dict
+
+    assert data["findings"] == json.loads(json.dumps(to_json_dict(run.name, order)))["findings"]
 
 
 def test_findings_first_most_severe_first_with_links() -> None:
@@ -225,7 +229,7 @@ def test_run_controlled_strings_are_escaped(xss_run) -> None:
     heat = next(t for t in figures_of(html)["plot-grad"]["data"] if t["type"] == "heatmap")
     assert any(label.startswith("&lt;img src=x onerror=alert(1)&gt;") for label in heat["y"])
     data = findings_json(html)
-    assert data["findings"][0]["layers"] == [XSS_LAYER] and data["run"]["name"] == XSS_RUN
+    assert data["findings"][0]["layers"] == [XSS_LAYER] and data["run"] == XSS_RUN
     metrics = figures_of(html)["plot-metrics"]
     assert metrics["layout"]["annotations"][0]["text"] == "&lt;/script&gt;&lt;script&gt;alert(2)&lt;/script&gt;"
 
@@ -241,10 +245,14 @@ def test_imported_csv_shows_only_what_exists(tmp_path: Path) -> None:
         rows.append(f"{e},{1.2 / (1 + e):.4f},{val:.4f},{0.5 + e / 70:.3f},{0.5 + e / 80:.3f}")
     rows.append("30,nan,nan,0.1,0.1")
     log.write_text("\n".join(rows) + "\n")
-    run = trainscope.load_run(log)
-    html = render_report(run, trainscope.diagnose(run))
+    from trainscope.rules.engine import diagnose_report
+
+    result = diagnose_report(trainscope.load_run(log))
+    html = render_report(result.run, result.findings, skipped=result.skipped, crashed=result.crashed)
     figs = figures_of(html)
     assert set(figs) == {"plot-loss", "plot-metrics"}
+    assert result.skipped and f"{len(result.skipped)} rules could not run" in html
+    assert [s["name"] for s in findings_json(html)["skipped"]] == [s.name for s in result.skipped]
     assert 'class="note imported"' in html and "Not available: gradient flow" in html
     assert any("NaN/Inf" in (t.get("name") or "") for t in figs["plot-loss"]["data"])
     assert default_report_path(log) == tmp_path / "history.report.html"

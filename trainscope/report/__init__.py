@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -62,8 +62,13 @@ def available_sections(run: Run) -> set[str]:
     return present
 
 
-def render_report(run: Run, findings: Iterable[Finding]) -> str:
-    """The report as one HTML string (plotly.js embedded once; no network access when opened)."""
+def render_report(run: Run, findings: Iterable[Finding], *, skipped: Iterable[Any] = (),
+                  crashed: Iterable[Any] = ()) -> str:
+    """The report as one HTML string (plotly.js embedded once; no network access when opened).
+
+    skipped/crashed: the engine's rules that could not run or failed (`diagnose_report`), listed
+    under the findings so that silence is not mistaken for health.
+    """
     findings = sort_findings(findings)
     anchors = [f"finding-{i + 1}" for i in range(len(findings))]
     present = available_sections(run)
@@ -80,7 +85,7 @@ def render_report(run: Run, findings: Iterable[Finding]) -> str:
     built = {s.id for s in sections}
     # a section the cheap check expected but that came out empty: link to the run card instead
     targets = [t if t in built else "run" for t in targets]
-    return page(run, findings, anchors, targets, sections, built)
+    return page(run, findings, anchors, targets, sections, built, list(skipped), list(crashed))
 
 
 def default_report_path(run_path: str | os.PathLike[str]) -> Path:
@@ -91,10 +96,11 @@ def default_report_path(run_path: str | os.PathLike[str]) -> Path:
     return p.with_name(p.name + ".report.html") if p.suffix == "" else p.with_suffix(".report.html")
 
 
-def write_report(run: Run, findings: Iterable[Finding], path: str | os.PathLike[str] | None = None) -> Path:
+def write_report(run: Run, findings: Iterable[Finding], path: str | os.PathLike[str] | None = None, *,
+                 skipped: Iterable[Any] = (), crashed: Iterable[Any] = ()) -> Path:
     """Write the report atomically (a half-written file never replaces a good one) and return its path."""
     out = Path(path) if path is not None else default_report_path(run.path)
-    text = render_report(run, findings)
+    text = render_report(run, findings, skipped=skipped, crashed=crashed)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=out.parent)

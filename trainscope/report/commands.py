@@ -21,13 +21,15 @@ def register(app: typer.Typer) -> None:
         """Write the self-contained HTML report of a run (findings, loss curves, gradient flow, ...)."""
         import trainscope
         from trainscope.report import default_report_path, write_report
+        from trainscope.rules.engine import diagnose_report
 
         try:
             if not run.exists():
                 raise TrainscopeError(f"{run}: no such file or directory")
-            loaded = trainscope.load_run(run)
-            findings = trainscope.diagnose(loaded)
-            path = write_report(loaded, findings, html or default_report_path(run))
+            result = diagnose_report(trainscope.load_run(run))
+            findings = result.findings
+            path = write_report(result.run, findings, html or default_report_path(run),
+                                skipped=result.skipped, crashed=result.crashed)
         except TrainscopeError as e:
             typer.echo(f"trainscope: error: {e}", err=True)
             raise typer.Exit(2) from None

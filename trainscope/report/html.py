@@ -213,14 +213,44 @@ def _finding_card(f: Finding, anchor: str, section: Section | None) -> str:
     )
 
 
+def _rules_not_run(skipped: list[Any], crashed: list[Any]) -> str:
+    """Rules that could not run (missing data) or failed: so silence is not mistaken for health."""
+    out = ""
+    if crashed:
+        items = "".join(f"<li><code>{esc(getattr(c, 'name', c))}</code>: {esc(getattr(c, 'error', ''))}</li>"
+                        for c in crashed)
+        out += (f'<details class="not-run crashed" open><summary>{len(crashed)} rule'
+                f'{"s" if len(crashed) != 1 else ""} failed with an internal error (please report it)'
+                f"</summary><ul>{items}</ul></details>")
+    if skipped:
+        items = "".join(f"<li><code>{esc(getattr(s, 'name', s))}</code>: {esc(getattr(s, 'reason', ''))}</li>"
+                        for s in skipped)
+        out += (f'<details class="not-run"><summary>{len(skipped)} rule{"s" if len(skipped) != 1 else ""} '
+                f"could not run on this run</summary><ul>{items}</ul></details>")
+    return out
+
+
 def _findings_block(findings: list[Finding], anchors: list[str], sections: dict[str, Section],
-                    targets: list[str]) -> str:
+                    targets: list[str], skipped: list[Any], crashed: list[Any]) -> str:
     if not findings:
         body = '<div class="healthy">No findings: every rule that could run on this run stayed silent.</div>'
     else:
         body = '<div class="findings-list">' + "".join(
             _finding_card(f, a, sections.get(t)) for f, a, t in zip(findings, anchors, targets)) + "</div>"
+    body += _rules_not_run(skipped, crashed)
     return f'<section class="card" id="findings"><h2>Findings</h2>{body}</section>'
+
+
+def findings_document(run: Run, findings: list[Finding], skipped: list[Any], crashed: list[Any]) -> dict[str, Any]:
+    """The embedded JSON: the same document as `trainscope diagnose --format json`, plus run details."""
+    try:
+        from trainscope.rules.render import to_json_dict
+
+        doc = to_json_dict(run.name, findings, skipped, crashed, run.source)
+    except ImportError:  # the renderer is optional for the report
+        doc = {"run": run.name, "source": run.source, "findings": [f.to_dict() for f in findings]}
+    doc["run_info"] = run_summary(run)
+    return doc
 
 
 # ----------------------------------------------------------------------------- sections
@@ -280,11 +310,11 @@ def _toc(sections: list[Section]) -> str:
 
 
 def page(run: Run, findings: list[Finding], anchors: list[str], targets: list[str],
-         sections: list[Section], present: set[str]) -> str:
+         sections: list[Section], present: set[str], skipped: list[Any] = (), crashed: list[Any] = ()) -> str:
     from trainscope import __version__
 
     by_id = {s.id: s for s in sections}
-    findings_json = {"run": run_summary(run), "findings": [f.to_dict() for f in findings]}
+    findings_json = findings_document(run, findings, list(skipped), list(crashed))
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     torch_v = run.meta.get("torch_version") or run.meta.get("torch") or ""
     return "".join([
@@ -298,7 +328,7 @@ def page(run: Run, findings: list[Finding], anchors: list[str], targets: list[st
         _toc(sections),
         "<main>",
         _run_card(run),
-        _findings_block(findings, anchors, by_id, targets),
+        _findings_block(findings, anchors, by_id, targets, list(skipped), list(crashed)),
         _missing_note(run, present),
         "".join(_section_html(s) for s in sections),
         "</main>",
