@@ -13,7 +13,8 @@ from trainscope.rules.registry import Context, NotApplicable, detector
 SATURATING = ("Sigmoid", "Tanh", "Hardsigmoid", "Hardtanh", "Softsign")
 # Outputs that carry no information of their own about the layer's health.
 SKIP_COLLAPSE = ("Dropout", "AlphaDropout", "FeatureAlphaDropout", "Identity", "Embedding", "EmbeddingBag",
-                 "Flatten", "Unflatten")
+                 "Flatten", "Unflatten",
+                 "Softmax", "LogSoftmax", "Softmin")  # probabilities over many classes/keys are small by nature
 
 
 def _recent(table: pd.DataFrame, min_steps: int) -> pd.DataFrame:

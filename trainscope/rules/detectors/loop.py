@@ -223,9 +223,10 @@ def adam_l2_weight_decay(ctx: Context) -> Iterator[Finding]:
 
 
 # scheduler class -> (horizon parameter, cadence it is designed for)
+# (LinearLR/ConstantLR are left out: once their horizon is spent they hold the LR constant, so a
+# short warmup stepped per batch is harmless.)
 EPOCH_STYLE = {"StepLR": "step_size", "MultiStepLR": "milestones", "ExponentialLR": None,
-               "CosineAnnealingLR": "T_max", "LinearLR": "total_iters", "ConstantLR": "total_iters",
-               "PolynomialLR": "total_iters"}
+               "CosineAnnealingLR": "T_max", "PolynomialLR": "total_iters"}
 BATCH_STYLE = {"OneCycleLR": "total_steps", "CyclicLR": None}
 
 
