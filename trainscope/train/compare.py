@@ -2,8 +2,9 @@
 
 Columns (all read back from the recorded runs, not from the trainer's memory):
   val AUC / val acc and val loss at the best epoch (lowest validation loss: what early stopping keeps),
-  epochs to best, the validation loss at the end of training, the train-val gap at the end
-  (validation loss minus the mean training loss of the last epoch), wall time, and the findings.
+  epochs to best, the validation loss at the end of training, the train-val gap of the model the run
+  returned (validation loss minus that epoch's mean training loss; the best epoch when the trainer
+  restored its weights, else the last epoch), wall time, and the findings.
 """
 from __future__ import annotations
 
@@ -28,7 +29,8 @@ class RunSummary:
     best_epoch: int | None = None
     epochs: int = 0
     final_val_loss: float = math.nan
-    final_gap: float = math.nan
+    final_gap: float = math.nan  # of the returned model
+    returned_epoch: int | None = None
     time_s: float = math.nan
     test_acc: float = math.nan
     findings: list[Any] = field(default_factory=list)
@@ -79,8 +81,13 @@ def summarize(path: str | Path, diagnose: bool = True) -> RunSummary:
                     if best in m.index:
                         setattr(s, metric, float(m.loc[best]))
             s.final_val_loss = float(val_e.iloc[-1])
-            last_train = curves["train_loss"].iloc[-1]
-            s.final_gap = float(s.final_val_loss - last_train) if pd.notna(last_train) else math.nan
+            trainer = (run.meta.get("config") or {}).get("trainer") or {}
+            restored = bool(trainer.get("early_stopping") and trainer.get("restore_best"))
+            ret = best if restored else val_e.index[-1]
+            s.returned_epoch = int(ret)
+            t_ret = curves["train_loss"].get(ret)
+            if t_ret is not None and pd.notna(t_ret):
+                s.final_gap = float(val_e.loc[ret] - t_ret)
     elif not train.empty:
         s.epochs = int(train["epoch"].nunique()) if train["epoch"].notna().any() else 0
     for name, attr in (("train_time_s", "time_s"), ("test_acc", "test_acc")):
@@ -119,7 +126,7 @@ def compare(paths: list[str | Path], diagnose: bool = True) -> tuple[pd.DataFram
 
 HEADERS = {"run": "run", "val_auc": "val AUC", "val_acc": "val acc", "val_loss": "val loss",
            "epochs_to_best": "best ep", "epochs": "epochs", "final_val_loss": "val loss (end)",
-           "train_val_gap": "gap (end)", "time_s": "time (s)", "test_acc": "test acc", "diagnosis": "diagnosis"}
+           "train_val_gap": "train-val gap", "time_s": "time (s)", "test_acc": "test acc", "diagnosis": "diagnosis"}
 LEFT = ("run", "diagnosis")
 
 

@@ -36,7 +36,7 @@ from trainscope.train.schedules import ScheduleSpec
 STREAMREC_DROPOUT = [0.3, 0.3, 0.2, 0.1]
 
 _STREAMREC_BASE: dict[str, Any] = {
-    "data": {"kind": "streamrec", "n_train": 6000, "n_val": 3000},
+    "data": {"kind": "streamrec", "n_train": 12000, "n_val": 4000},
     "model": {"hidden": [512, 256, 128, 64], "activation": "relu", "norm": "none", "dropout": 0.0,
               "init": "torch_default"},
     "optim": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0},
@@ -66,11 +66,11 @@ _bn = _derive(_he, "StreamRec step 2: + BatchNorm", model={"norm": "batch"})
 _reg = _derive(_bn, "StreamRec step 3: + dropout (0.3/0.3/0.2/0.1) and AdamW(weight_decay=1e-2), 30 epochs",
                model={"dropout": STREAMREC_DROPOUT}, optim={"name": "adamw", "weight_decay": 1e-2},
                train={"epochs": 30})
-_full = _derive(_reg, "StreamRec step 4: + one-cycle (max_lr 3e-3) per batch, clipping at 1.0, early stopping "
-                "(patience 4, best weights restored)",
+_full = _derive(_reg, "StreamRec step 4: + one-cycle (max_lr 3e-3, stepped per batch over 15 epochs), clipping at "
+                "1.0, early stopping (patience 4, best weights restored)",
                 schedule={"name": "onecycle", "max_lr": 3e-3, "pct_start": 0.3, "div_factor": 25.0,
                           "final_div_factor": 1e4},
-                train={"clip_norm": 1.0, "early_stopping": True, "patience": 4})
+                train={"epochs": 15, "clip_norm": 1.0, "early_stopping": True, "patience": 4})
 
 _DOC_DATA = {"kind": "documents", "n_train": 4000, "n_val": 1000, "input_dim": 1000, "num_classes": 50}
 _DOC_HIDDEN = [512, 256, 256, 128, 128]  # the seed's [2048, ..., 128] shrunk for CPU; >= 50 classes wide
