@@ -317,3 +317,44 @@ def test_sections_follow_the_data() -> None:
     assert available_sections(scenario("nan-loss")) >= {"loss", "grad", "update"}
     assert "act-sat" in available_sections(scenario("saturated-tanh"))
     assert "act-sat" not in available_sections(scenario("healthy-mlp"))  # ReLU: saturation does not apply
+
+
+# ----------------------------------------------------------------------------- run status and TensorBoard
+
+
+def test_crashed_run_says_so(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, y = torch.randn(32, 4), torch.randint(0, 2, (32,))
+    with pytest.raises(RuntimeError, match="out of memory"):
+        with trainscope.watch(model, tmp_path / "run", optimizer=opt, criterion=nn.CrossEntropyLoss(), every=1) as probe:
+            for step in range(20):
+                opt.zero_grad()
+                loss = nn.functional.cross_entropy(model(x), y)
+                loss.backward()
+                opt.step()
+                probe.log(train_loss=loss.detach())
+                if step == 12:
+                    raise RuntimeError("CUDA out of memory (simulated)")
+    run = trainscope.load_run(tmp_path / "run")
+    html = render_report(run, trainscope.diagnose(run))
+    assert '<span class="badge status-crashed">crashed</span>' in html
+    assert "plot-loss" in figures_of(html)
+
+
+def test_tensorboard_run_renders_its_scalars(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard")
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(tmp_path / "tb") as w:
+        for step in range(200):
+            w.add_scalar("train/loss", 2.0 / (1 + step / 20), step)
+            w.add_scalar("lr", 1e-3 * min(1.0, step / 50), step)
+            if step % 20 == 19:
+                w.add_scalar("val/loss", 1.5 / (1 + step / 40), step)
+    run = trainscope.load_run(tmp_path / "tb")
+    assert run.source != "trainscope"
+    figs = figures_of(render_report(run, trainscope.diagnose(run)))
+    assert "plot-loss" in figs and "plot-grad" not in figs
+    assert len([t for t in figs["plot-loss"]["data"] if t.get("visible") is not False]) >= 2
