@@ -31,6 +31,8 @@ from trainscope.probe import stats as st
 from trainscope.store import schema
 from trainscope.store.writer import RunWriter, new_meta
 
+DENSE_GRAD_NORM_STEPS = 200  # the global grad norm is recorded at every one of the first steps
+
 _OPTIMIZER_HPARAMS = ("lr", "weight_decay", "momentum", "nesterov", "betas", "eps", "dampening", "amsgrad",
                       "alpha", "centered", "maximize", "foreach", "fused")
 
@@ -485,7 +487,9 @@ class Probe:
         now = time.monotonic() - self._t0
         add = self._scalars.append
         record = self._recorded(s) or self._force_record
-        layers = self._params_with_grad() if record or s % self.grad_norm_every == 0 else []
+        # Dense early (short runs need enough points), then every grad_norm_every steps.
+        dense = s < DENSE_GRAD_NORM_STEPS or s % self.grad_norm_every == 0
+        layers = self._params_with_grad() if record or dense else []
         if layers:
             gn = st.global_norm([g for _, _, _, gs in layers for g in gs])
             add((s, schema.GRAD_NORM, gn, self._epoch, now))
@@ -761,7 +765,8 @@ def watch(model: nn.Module, run_dir: str | os.PathLike[str] | None = None, **opt
     scheduler: read (never stepped) to check its cadence against optimizer steps and epochs.
     every: per-layer statistics every `every` optimizer steps (plus steps 0, 1, 2, 4, 8, ...), default 50.
     activations: record per-module activation statistics on recorded steps (default True).
-    grad_norm_every: the global gradient norm every this many steps (default 10) and on recorded steps.
+    grad_norm_every: the global gradient norm at each of the first 200 steps, then every this many
+        steps (default 10) and on recorded steps.
     flush_seconds, flush_rows: how often buffered rows are written (default 10 s / 50 000 rows).
     name, config: the run's name and any JSON-able dict to keep in meta.json.
     """
