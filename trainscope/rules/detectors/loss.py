@@ -240,7 +240,7 @@ def no_early_stopping(ctx: Context) -> list[Finding]:
     b = int(np.argmin(v))
     after = n - 1 - b
     v_end = float(v[-1])
-    if after < ctx.p("min_extra_epochs") or after < ctx.p("min_extra_fraction") * n:
+    if after < ctx.p("min_extra_fraction") * n:
         return []
     if rel(v_end, v[b]) < ctx.p("min_val_rise") or (v_end - v[b]) <= 2 * _val_noise(v):
         return []
@@ -256,19 +256,23 @@ def no_early_stopping(ctx: Context) -> list[Finding]:
     min_patience = longest + 1
     patience = max(min_patience, int(ctx.p("patience")))
     stop = min(b + patience, n - 1)
+    wasted = n - 1 - stop
+    if wasted < ctx.p("min_extra_epochs"):
+        return []  # early stopping would barely have saved anything
     word = _epoch_word(e)
     return [
         ctx.finding(
             f"val loss reached its minimum {_fmt(v[b])} at {word} {e.label(b)} but training ran "
             f"{after} more {word}s (to {e.label(n - 1)}, val loss {_fmt(v_end)}, +{rel(v_end, v[b]):.0%}); "
-            f"early stopping with patience {patience} would have stopped at {word} {e.label(stop)} "
-            f"(smallest patience reaching the minimum: {min_patience})",
+            f"early stopping with patience {patience} would have stopped at {word} {e.label(stop)}, "
+            f"{wasted} {word}s earlier (threshold {ctx.p('min_extra_epochs')}; smallest patience reaching the minimum: {min_patience})",
             steps=(int(e.steps[b]), int(e.steps[-1])),
             evidence={
                 "best_epoch": e.label(b),
                 "best_val_loss": round(float(v[b]), 6),
                 "final_val_loss": v_end,
                 "extra_epochs": after,
+                "wasted_epochs": wasted,
                 "min_patience": min_patience,
                 "patience": patience,
                 "stop_epoch": e.label(stop),
