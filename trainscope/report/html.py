@@ -17,8 +17,7 @@ from typing import Any, Iterable
 import plotly
 import plotly.io as pio
 
-from trainscope.report import data as D
-from trainscope.report.figures import Section, _fmt
+from trainscope.report.figures import Section, fmt
 from trainscope.rules.finding import Finding, Severity
 from trainscope.store.run import Run
 
@@ -173,11 +172,11 @@ def _evidence_value(v: Any) -> str:
     if isinstance(v, bool) or v is None:
         return esc(v)
     if isinstance(v, (int, float)) or hasattr(v, "item"):
-        return esc(_fmt(v))
+        return esc(fmt(v))
     if isinstance(v, (list, tuple)):
         return esc(", ".join(str(x) for x in v))
     if isinstance(v, dict):
-        return esc(", ".join(f"{k}: {_fmt(x) if isinstance(x, (int, float)) else x}" for k, x in v.items()))
+        return esc(", ".join(f"{k}: {fmt(x) if isinstance(x, (int, float)) else x}" for k, x in v.items()))
     return esc(v)
 
 
