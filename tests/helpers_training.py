@@ -480,6 +480,30 @@ SCENARIOS: dict[str, Callable[[Path], "trainscope.store.run.Run"]] = {
                                                             nn.ReLU(), nn.Linear(64, 4))), _seq(), epochs=3, every=5),
     "biased-head": lambda p: train(p, _biased_head(), _seq(), epochs=3, every=5),
     "raw-scale-inputs": lambda p: train(p, _he(mlp(depth=2)), scaled(_seq(), 80.0, 120.0), epochs=3, every=5),
+    # ---- the same bugs on other architectures (labelled runs for the confusion table)
+    "cnn-no-zero-grad": lambda p: train(p, small_cnn(), teacher_task(n=512, n_val=128, shape=(1, 4, 4)), epochs=3,
+                                        every=5, optimizer="sgd", lr=1e-2, zero_grad=False),
+    "bn-cnn-eval-mode": lambda p: train(p, bn_cnn(), digits_task(), epochs=1, every=5, train_mode=False,
+                                        max_steps=40),
+    "cnn-softmax-ce": lambda p: train(p, nn.Sequential(small_cnn(), nn.Softmax(dim=1)),
+                                      teacher_task(n=512, n_val=128, shape=(1, 4, 4)), epochs=3, every=5),
+    "transformer-lr-low": lambda p: train(p, TinyTransformer(), sequence_task(n=256, n_val=64), epochs=4, every=5,
+                                          lr=1e-7),
+    "cnn-lr-high": lambda p: train(p, small_cnn(), teacher_task(n=512, n_val=128, shape=(1, 4, 4)), epochs=3,
+                                   every=5, lr=1.0),
+    "gru-adam-wd": lambda p: train(p, GRUClassifier(), sequence_task(n=256, n_val=64), epochs=3, every=5, lr=3e-3,
+                                   weight_decay=1e-3, clip=1.0),
+    "mlp-raw-digits": lambda p: train(p, nn.Sequential(nn.Flatten(), _he(mlp(d=64, classes=10, depth=2))),
+                                      digits_task(raw=True), epochs=2, every=5),
+    "lstm-onecycle-per-epoch": lambda p: train(p, LSTMTagger(), token_task(), epochs=5, every=5, optimizer="sgd",
+                                               momentum=0.9, scheduler=_sched_onecycle, scheduler_per="epoch"),
+    "bn-cnn-batch-2": lambda p: train(p, bn_cnn(), digits_task(), epochs=1, batch_size=2, every=10, max_steps=60),
+    "mse-sgd-lr-high": lambda p: train(p, _he(mlp(depth=3, classes=1)), outlier_regression_task(frac=0.0), epochs=2,
+                                       every=5, optimizer="sgd", lr=0.2, criterion=nn.MSELoss(), validate=False),
+    "sigmoid-big-init": lambda p: train(p, init_weights(mlp(depth=3, act=nn.Sigmoid), "normal", std=2.0,
+                                                        skip_last=True), _seq(), epochs=3, every=5),
+    "deep-tanh-tiny-init": lambda p: train(p, init_weights(mlp(depth=6, act=nn.Tanh), "normal", std=0.01), _seq(),
+                                           epochs=3, every=5, optimizer="sgd", lr=0.05),
 }
 
 
@@ -516,12 +540,29 @@ LABELS: dict[str, set[str]] = {
     "dropout-then-bn": {"dropout-before-batchnorm"},
     "biased-head": {"initial-loss-mismatch"},
     "raw-scale-inputs": {"unnormalized-inputs", "initial-loss-mismatch"},
+    "cnn-no-zero-grad": {"missing-zero-grad"},
+    "bn-cnn-eval-mode": {"eval-mode-during-training"},
+    "cnn-softmax-ce": {"softmax-before-cross-entropy"},
+    "transformer-lr-low": {"lr-too-low"},
+    # Adam at lr 1 kills the ReLU after conv2 (100% dead: std 0, no gradient below it) and makes the
+    # grad norm jump
+    "cnn-lr-high": {"lr-too-high", "dead-relu", "collapsed-activations", "vanishing-gradients",
+                    "unstable-gradients"},
+    "gru-adam-wd": {"adam-l2-weight-decay"},
+    "mlp-raw-digits": {"unnormalized-inputs", "initial-loss-mismatch"},
+    "lstm-onecycle-per-epoch": {"scheduler-step-cadence"},
+    "bn-cnn-batch-2": {"batchnorm-small-batch"},
+    "deep-tanh-tiny-init": {"poor-initialization", "vanishing-gradients", "collapsed-activations"},
+    # MSE + SGD 0.2: grad norm 15 -> 529 -> 1.6e5 -> 3e11 -> NaN in four steps
+    "mse-sgd-lr-high": {"lr-too-high", "exploding-gradients", "nan-or-inf"},
+    "sigmoid-big-init": {"poor-initialization", "saturated-activations"},
 }
 
 
 def scenario(name: str) -> "trainscope.store.run.Run":
     """The recorded run of a named scenario, trained on first use and cached for the session."""
     if name not in _CACHE:
+        torch.manual_seed(0)  # the model is built before train() seeds: make its init independent of test order
         _CACHE[name] = SCENARIOS[name](_root() / name)
     return _CACHE[name]
 
@@ -537,3 +578,29 @@ def findings(run: "trainscope.store.run.Run", select: list[str] | None = None,
     for f in report.findings:
         out.setdefault(f.name, f)
     return out
+
+
+def confusion_table(families: tuple[str, ...] = ("TS2", "TS3", "TS4", "TS5", "TS6")) -> str:
+    """Per rule over the labelled scenarios: detected / missed / false alarms (a text table).
+
+    cd tests && python -c "import helpers_training as h; print(h.confusion_table())"
+    """
+    from trainscope.rules.catalogue import load_catalogue
+
+    rules = [r for r in load_catalogue().values() if r.code.startswith(families)]
+    counts = {r.name: [0, 0, 0] for r in rules}
+    for name, truth in LABELS.items():
+        found = set(findings(scenario(name), select=list(families)))
+        for rule in counts:
+            if rule in truth and rule in found:
+                counts[rule][0] += 1
+            elif rule in truth:
+                counts[rule][1] += 1
+            elif rule in found:
+                counts[rule][2] += 1
+    lines = [f"{len(LABELS)} labelled runs ({sum(1 for t in LABELS.values() if not t)} with no fault of these families)",
+             f"{'rule':32s} {'code':6s} {'detected':>8s} {'missed':>6s} {'false alarms':>12s}"]
+    for r in rules:
+        d, m, fa = counts[r.name]
+        lines.append(f"{r.name:32s} {r.code:6s} {d:8d} {m:6d} {fa:12d}")
+    return "\n".join(lines)

@@ -99,26 +99,26 @@ def exploding_gradients(ctx: Context) -> Iterator[Finding]:
             fix_values={"lr_new": _lower_lr(ctx)},
         )
         return
-    # Growth of the global norm: orders of magnitude above its early level, for more than one step.
+    # Growth of the global norm: orders of magnitude above its early level at two samples in a row
+    # (a lone spike is unstable-gradients' business).
     gn = ctx.run.scalar(schema.GRAD_NORM)
     finite = gn[np.isfinite(gn) & (gn > 0)]
     w = int(ctx.p("window"))
-    if len(finite) < 6:
+    if len(finite) < 3:
         return
-    k = max(3, min(w, len(finite) // 4))
+    k = max(1, min(w, len(finite) // 4))
     start = float(finite.iloc[:k].median())
-    # a rolling median of 3 ignores single spikes (those are unstable-gradients' business)
-    smooth = finite.rolling(3, center=True).median().dropna()
-    if smooth.empty or start <= 0:
+    pairs = finite.rolling(2).min().dropna()
+    if pairs.empty or start <= 0:
         return
-    peak_step = int(smooth.idxmax())
-    peak = float(smooth.max())
+    peak_step = int(pairs.idxmax())
+    peak = float(pairs.max())
     growth = peak / start
     went_nonfinite = bool((~np.isfinite(gn[gn.index > peak_step])).any())
     if growth >= float(ctx.p("growth_max")):
         yield ctx.finding(
             f"global grad norm grew {fmt(growth)}x > {fmt(ctx.p('growth_max'))}x (median {fmt(start)} over the "
-            f"first {k} steps, {fmt(peak)} around step {peak_step})"
+            f"first {k} samples, >= {fmt(peak)} at two samples in a row up to step {peak_step})"
             + ("; it then became NaN/Inf" if went_nonfinite else ""),
             steps=(int(finite.index[0]), peak_step),
             evidence={"growth": growth, "threshold": float(ctx.p("growth_max")), "norm_start": start,

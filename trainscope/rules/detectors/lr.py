@@ -87,7 +87,8 @@ def lr_too_low(ctx: Context) -> Iterator[Finding]:
     lr = current_lr(ctx.run)
     loss_note = f"; loss fell only {drop:.1%} (<= {max_drop:.0%})" if drop is not None else ""
     yield ctx.finding(
-        f"update ratio ||dW||/||W|| of the fastest-moving layer ({fastest}) {fmt(top)} < {fmt(thr)} per step "
+        f"update ratio ||dW||/||W|| of the fastest-moving layer ({fastest or 'the model itself'}) {fmt(top)} < "
+        f"{fmt(thr)} per step "
         f"(median over layers {fmt(per_step.median())}) over steps {int(per_step.index[0])}-"
         f"{int(per_step.index[-1])}{loss_note}",
         steps=(int(per_step.index[0]), int(per_step.index[-1])),
