@@ -135,11 +135,16 @@ def _header(run: Run, findings: list[Finding]) -> str:
             label = f"{n} {word}{'s' if n != 1 and s is not Severity.INFO else ''}"
             chips.append(f'<span class="chip {s.value if n else "zero"}">{esc(label)}</span>')
     status = run.status if run.status in ("finished", "crashed", "running", "incomplete") else "unknown"
+    lead = ""
+    if findings:  # the one thing to read first
+        top = findings[0]
+        lead = (f'<a class="lead" href="#finding-1"><span class="muted">most severe:</span> '
+                f'{esc(top.title or top.name)} <span class="rule">{esc(top.name)}</span></a>')
     return (
         '<header class="top"><div class="brand">trainscope report</div>'
         f"<h1>{esc(run.name)}</h1>"
         f'<div class="row"><span class="badge status-{status}">{esc(run.status)}</span>'
-        f'<div class="verdict" id="verdict">{"".join(chips)}</div></div></header>'
+        f'<div class="verdict" id="verdict">{"".join(chips)}</div>{lead}</div></header>'
     )
 
 
