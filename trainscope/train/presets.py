@@ -131,7 +131,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                          model={"norm": "none", "dropout": 0.0, "hidden": [128, 128, 128], "bias_init": -3.0},
                          optim={"name": "adam", "lr": 0.05, "weight_decay": 0.0},
                          schedule={"name": "constant"},
-                         train={"clip_norm": None, "early_stopping": False, "epochs": 15}),
+                         train={"clip_norm": None, "early_stopping": False, "epochs": 15, "batch_size": 64}),
     "vanishing-sigmoid": _derive(_DIGITS_BASE, "8-layer sigmoid MLP with default init and plain SGD: "
                                  "gradients vanish toward the input",
                                  model={"hidden": [64] * 8, "activation": "sigmoid", "norm": "none",
