@@ -452,6 +452,7 @@ SCENARIOS: dict[str, Callable[[Path], "trainscope.store.run.Run"]] = {
     # ---- initialization (StreamRec)
     "streamrec-default": lambda p: train(p, streamrec_mlp(), click_task(n=512), epochs=3, every=5,
                                          criterion=nn.BCEWithLogitsLoss()),
+    "mlp3-default-init": lambda p: train(p, mlp(depth=3), _seq(), epochs=3, every=5),
     "streamrec-xavier": lambda p: train(p, init_weights(streamrec_mlp(), "xavier"), click_task(n=512), epochs=3,
                                         every=5, criterion=nn.BCEWithLogitsLoss()),
     # ---- learning rate
@@ -524,6 +525,7 @@ LABELS: dict[str, set[str]] = {
     "collapsed-tiny-init": {"poor-initialization", "collapsed-activations", "vanishing-gradients", "dead-relu"},
     "streamrec-default": {"poor-initialization"},
     "streamrec-xavier": {"poor-initialization"},
+    "mlp3-default-init": {"poor-initialization"},  # 3 hidden layers at 1/6 of He: info, not a warning
     "lr-high-adam": {"lr-too-high", "dead-relu", "unstable-gradients", "vanishing-gradients"},
     "lr-low-sgd": {"lr-too-low"},
     "softmax-ce": {"softmax-before-cross-entropy"},

@@ -7,7 +7,8 @@ in a chain of unnormalized layers the per-layer ratios multiply (PyTorch's defau
 1/6 of He, shrinks the forward variance ~6x per ReLU layer). So the rule fires on
 
 - a chain of >= `min_chain` consecutive unnormalized hidden layers whose ratios multiply to less
-  than `compound_min` (or more than `compound_max`);
+  than `compound_min` (or more than `compound_max`); within `warn_factor` of that bound the finding
+  is info (a 10-30x change in activation scale), beyond it a warning;
 - a scheme that does not fit the nonlinearity (Xavier before ReLU, He before sigmoid/tanh) in
   >= `min_mismatch` unnormalized hidden layers;
 - a single hidden layer off by `extreme` x or more, or a constant (zero-variance) weight.
@@ -111,6 +112,9 @@ def poor_initialization(ctx: Context) -> Iterator[Finding]:
         schemes = ", ".join(sorted(set(chain["scheme"].astype(str))))
         target = _target_name(chain.iloc[0])
         direction = "shrinks" if compound < lo else "grows"
+        # a 10-30x change in activation scale is worth knowing; beyond that it hurts training
+        warn = float(ctx.p("warn_factor"))
+        mild = (compound >= lo / warn) if compound < lo else (compound <= hi * warn)
         yield ctx.finding(
             f"weight variance {fmt(med)}x the {target} target (scheme {schemes}) in {len(chain)} consecutive "
             f"unnormalized layers {chain['layer'].iloc[0]}..{chain['layer'].iloc[-1]}: forward variance "
@@ -127,6 +131,7 @@ def poor_initialization(ctx: Context) -> Iterator[Finding]:
                 "ratios": {r.layer: round(float(r.ratio), 4) for r in chain.itertuples()},
             },
             fix_values={"init_call": _init_call(nl), "alt_fix": alt},
+            severity="info" if mild else None,
         )
         return
 
