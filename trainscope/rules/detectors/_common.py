@@ -41,6 +41,15 @@ def fmt(x: Any) -> str:
     return f"{v:.3g}"
 
 
+def layer_name(name: Any) -> str:
+    """A layer as a message names it: 'layer 3' for nn.Sequential's numeric names, the module path
+    otherwise, 'the model' for the root module."""
+    n = str(name)
+    if n == "":
+        return "the model"
+    return f"layer {n}" if n.isdigit() else n
+
+
 def is_norm(module_type: str) -> bool:
     return str(module_type).startswith(NORM_PREFIXES)
 

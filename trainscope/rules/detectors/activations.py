@@ -6,7 +6,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from trainscope.rules.detectors._common import detail, events, fmt, layer_rows, pivot
+from trainscope.rules.detectors._common import detail, events, fmt, layer_name, layer_rows, pivot
 from trainscope.rules.finding import Finding
 from trainscope.rules.registry import Context, NotApplicable, detector
 
@@ -53,7 +53,7 @@ def saturated_activations(ctx: Context) -> Iterator[Finding]:
     worst = max(hits, key=lambda h: h[1])
     types = dict(zip(sat["layer"], sat["module_type"]))
     yield ctx.finding(
-        f"{fmt(worst[1] * 100)}% of {worst[0]} ({types.get(worst[0])}) outputs sit at the extremes "
+        f"{fmt(worst[1] * 100)}% of {layer_name(worst[0])} ({types.get(worst[0])}) outputs sit at the extremes "
         f"(>= {thr:.0%}) over steps {int(recent.index[0])}-{int(recent.index[-1])}"
         + (f"; {len(hits)} layers saturated" if len(hits) > 1 else ""),
         layers=[h[0] for h in hits],
@@ -87,7 +87,7 @@ def collapsed_activations(ctx: Context) -> Iterator[Finding]:
         return
     first = hits[0]  # forward order: where the signal first disappears
     yield ctx.finding(
-        f"activation std of {first[0]} is {fmt(first[1])} <= {fmt(floor)} "
+        f"activation std of {layer_name(first[0])} is {fmt(first[1])} <= {fmt(floor)} "
         f"({fmt(ctx.p('rel_std'))} x {ref_what} {fmt(ref)}) over steps "
         f"{int(recent.index[0])}-{int(recent.index[-1])}"
         + (f"; {len(hits)} layers collapsed" if len(hits) > 1 else ""),

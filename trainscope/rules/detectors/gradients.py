@@ -17,6 +17,7 @@ from trainscope.rules.detectors._common import (
     events,
     fmt,
     is_compute,
+    layer_name,
     layer_rows,
     pivot,
     sig1,
@@ -65,7 +66,7 @@ def vanishing_gradients(ctx: Context) -> Iterator[Finding]:
     starved = [c for c in norms.columns[:-1] if rel[c] < thr] or [first]
     steps = step_span(ratio.index[low])
     yield ctx.finding(
-        f"grad norm ratio first/last layer {fmt(med)} < {fmt(thr)} ({first} vs {last}) at "
+        f"grad norm ratio first/last layer {fmt(med)} < {fmt(thr)} ({layer_name(first)} vs {layer_name(last)}) at "
         f"{low.sum()}/{len(ratio)} recorded steps {steps[0]}-{steps[1]}",
         layers=starved,
         steps=steps,
@@ -90,7 +91,7 @@ def exploding_gradients(ctx: Context) -> Iterator[Finding]:
         med = float(ratio[high].median())
         steps = step_span(ratio.index[high])
         yield ctx.finding(
-            f"grad norm ratio first/last layer {fmt(med)} > {fmt(thr)} ({first} vs {last}) at "
+            f"grad norm ratio first/last layer {fmt(med)} > {fmt(thr)} ({layer_name(first)} vs {layer_name(last)}) at "
             f"{high.sum()}/{len(ratio)} recorded steps {steps[0]}-{steps[1]}",
             layers=[first],
             steps=steps,
@@ -189,7 +190,7 @@ def dead_relu(ctx: Context) -> Iterator[Finding]:
     layers = [h[0] for h in hits]
     lr = current_lr(ctx.run)
     yield ctx.finding(
-        f"{fmt(worst[1] * 100)}% of units in {worst[0]} never fire (>= {thr:.0%} dead) over steps "
+        f"{fmt(worst[1] * 100)}% of units in {layer_name(worst[0])} (ReLU) never fire (>= {thr:.0%} dead) over steps "
         f"{int(recent.index[0])}-{int(recent.index[-1])}"
         + (f"; {len(hits)} ReLU layers affected: {', '.join(layers)}" if len(hits) > 1 else ""),
         layers=layers,
@@ -212,7 +213,7 @@ def nan_or_inf(ctx: Context) -> Iterator[Finding]:
         d = detail(row)
         tensor = str(d.get("tensor") or "tensor")
         layer = str(row.get("layer") or "")
-        where = f" in {layer}" if layer else ""
+        where = f" in {layer_name(layer)}" if layer else ""
         yield ctx.finding(
             f"first NaN/Inf at step {int(row['step'])}: {tensor}{where}",
             layers=[layer] if layer else [],
@@ -248,7 +249,7 @@ def _first_nonfinite_stat(ctx: Context) -> Finding | None:
         return None
     step, _, tensor, layer = min(candidates)
     return ctx.finding(
-        f"first NaN/Inf at step {step}: {tensor}" + (f" in {layer}" if layer else ""),
+        f"first NaN/Inf at step {step}: {tensor}" + (f" in {layer_name(layer)}" if layer else ""),
         layers=[layer] if layer else [],
         steps=(step, step),
         evidence={"first_step": step, "tensor": tensor, "layer": layer or None},

@@ -24,7 +24,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from trainscope.rules.detectors._common import fmt, modules
+from trainscope.rules.detectors._common import fmt, layer_name, modules
 from trainscope.rules.finding import Finding
 from trainscope.rules.registry import Context, NotApplicable, detector
 
@@ -117,7 +117,8 @@ def poor_initialization(ctx: Context) -> Iterator[Finding]:
         mild = (compound >= lo / warn) if compound < lo else (compound <= hi * warn)
         yield ctx.finding(
             f"weight variance {fmt(med)}x the {target} target (scheme {schemes}) in {len(chain)} consecutive "
-            f"unnormalized layers {chain['layer'].iloc[0]}..{chain['layer'].iloc[-1]}: forward variance "
+            f"unnormalized layers ({layer_name(chain['layer'].iloc[0])} .. {layer_name(chain['layer'].iloc[-1])}): "
+            f"forward variance "
             f"{direction} to {fmt(compound)}x ({'<' if compound < lo else '>'} {fmt(lo if compound < lo else hi)}) "
             f"by the last of them",
             layers=list(chain["layer"]),
@@ -165,7 +166,7 @@ def poor_initialization(ctx: Context) -> Iterator[Finding]:
         what = ("constant (variance 0: every unit computes the same function)" if r["var"] <= 0
                 else f"variance {fmt(r['ratio'])}x the {_target_name(r)} target (outside 1/{fmt(ext)}..{fmt(ext)}x)")
         yield ctx.finding(
-            f"{r['layer']} weight is {what}",
+            f"{layer_name(r['layer'])} weight is {what}",
             layers=list(off["layer"]),
             evidence={"ratio": float(r["ratio"]), "var": float(r["var"]), "target_var": float(r["target_var"]),
                       "scheme": str(r["scheme"]), "nonlinearity": str(r["nonlinearity"])},

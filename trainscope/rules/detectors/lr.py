@@ -14,7 +14,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from trainscope.rules.detectors._common import current_lr, fmt, is_compute, layer_rows, pivot, sig1, train_loss
+from trainscope.rules.detectors._common import current_lr, fmt, is_compute, layer_name, layer_rows, pivot, sig1, train_loss
 from trainscope.rules.finding import Finding
 from trainscope.rules.registry import Context, NotApplicable, detector
 
@@ -87,7 +87,7 @@ def lr_too_low(ctx: Context) -> Iterator[Finding]:
     lr = current_lr(ctx.run)
     loss_note = f"; loss fell only {drop:.1%} (<= {max_drop:.0%})" if drop is not None else ""
     yield ctx.finding(
-        f"update ratio ||dW||/||W|| of the fastest-moving layer ({fastest or 'the model itself'}) {fmt(top)} < "
+        f"update ratio ||dW||/||W|| of the fastest-moving layer ({layer_name(fastest)}) {fmt(top)} < "
         f"{fmt(thr)} per step "
         f"(median over layers {fmt(per_step.median())}) over steps {int(per_step.index[0])}-"
         f"{int(per_step.index[-1])}{loss_note}",
