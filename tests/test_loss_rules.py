@@ -85,6 +85,18 @@ def test_divergence_without_nan_is_caught_from_the_rise(tmp_path):
     assert "divergence" in found, found
 
 
+def test_divergence_after_learning_when_the_lr_jumps(tmp_path):
+    """Learns, then the learning rate jumps 100x mid-run: the loss climbs back to chance, never NaN."""
+
+    def jump(opt, total):
+        return torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0 if s < total // 2 else 100.0)
+
+    run = train(tmp_path / "r", mlp(), teacher_task(n=4096), epochs=4, lr=1e-3, scheduler=jump)
+    found = names(run)
+    assert "divergence" in found and found["divergence"].evidence_dict["undone"] > 0.6
+    assert found["divergence"].steps[0] < 300 <= found["divergence"].steps[1]
+
+
 def test_overfitting_and_no_early_stopping_on_tiny_noisy_dataset(tmp_path):
     run = train(tmp_path / "r", mlp(hidden=256, depth=3), teacher_task(n=64, label_noise=0.3), epochs=60, batch_size=16)
     found = names(run)
@@ -154,3 +166,16 @@ def test_thresholds_are_tunable():
     assert report.findings[0].evidence_dict["stop_epoch"] == 17
     strict = diagnose_report(run, select=["slow-start"], settings={"slow-start": {"min_speedup": 10}})
     assert strict.findings == []
+
+
+def test_fine_tuning_from_a_trained_model_is_not_a_flat_loss(tmp_path, monkeypatch):
+    """A model that starts far below chance (resumed / fine-tuned) barely moves: that is expected."""
+    import trainscope.rules.detectors.loss as loss_rules
+
+    data = teacher_task(n=4096, seed=2)
+    model = mlp()
+    train(tmp_path / "pretrain", model, data, epochs=4, seed=2)
+    run = train(tmp_path / "finetune", model, data, epochs=4, lr=1e-5, batch_size=64, seed=2)
+    assert names(run) == {}
+    monkeypatch.setattr(loss_rules, "chance_loss", lambda run: None)  # without the chance-level guard
+    assert "loss-not-decreasing" in names(run)

@@ -112,9 +112,10 @@ def diagnose(
 
     name = report.run.name
     if format is Format.json:
-        typer.echo(render_json(name, report.findings, report.skipped, report.crashed, report.run.source))
+        typer.echo(render_json(name, report.findings, report.skipped, report.crashed, report.run.source,
+                               report.run.status))
     else:
-        typer.echo(render_text(str(run), report.findings, report.skipped, report.crashed))
+        typer.echo(render_text(str(run), report.findings, report.skipped, report.crashed, report.run.status))
 
     if not no_html:
         written, note = _write_html(report.run, report.findings, html or default_html_path(run))

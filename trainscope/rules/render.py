@@ -20,7 +20,8 @@ def _plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
 
-def summary_line(findings: list[Finding], skipped: list[Any] = (), crashed: list[Any] = ()) -> str:
+def summary_line(findings: list[Finding], skipped: list[Any] = (), crashed: list[Any] = (),
+                 status: str | None = None) -> str:
     """"3 findings: 1 error, 2 warnings; 2 rules could not run (no layer statistics)"."""
     if findings:
         counts = Counter(f.severity for f in findings)
@@ -36,6 +37,8 @@ def summary_line(findings: list[Finding], skipped: list[Any] = (), crashed: list
         line += f"; {_plural(len(skipped), 'rule')} could not run ({', '.join(shown)})"
     if crashed:
         line += f"; {_plural(len(crashed), 'rule')} failed with an internal error ({', '.join(c.name for c in crashed)})"
+    if status in ("crashed", "running", "incomplete"):
+        line += f"; the run is {status}: its record may end early"
     return line
 
 
@@ -54,28 +57,30 @@ def render_finding(run_name: str, f: Finding) -> str:
     return "\n".join(lines)
 
 
-def render_text(run_name: str, findings: list[Finding], skipped: list[Any] = (), crashed: list[Any] = ()) -> str:
+def render_text(run_name: str, findings: list[Finding], skipped: list[Any] = (), crashed: list[Any] = (),
+                status: str | None = None) -> str:
     blocks = [render_finding(run_name, f) for f in findings]
     for c in crashed:
         blocks.append(f"{run_name}: {c.code} internal-error {c.name}  the detector failed: {c.error}")
-    blocks.append(summary_line(findings, skipped, crashed))
+    blocks.append(summary_line(findings, skipped, crashed, status))
     return "\n\n".join(blocks)
 
 
 def to_json_dict(run_name: str, findings: list[Finding], skipped: list[Any] = (), crashed: list[Any] = (),
-                 source: str | None = None) -> dict[str, Any]:
+                 source: str | None = None, status: str | None = None) -> dict[str, Any]:
     keys = ("name", "code", "severity", "message", "layers", "steps", "evidence", "fixes", "reference", "title",
             "explains")
     return {
         "run": run_name,
         "source": source,
+        "status": status,
         "findings": [{k: f.to_dict()[k] for k in keys} for f in findings],
         "skipped": [s.to_dict() for s in skipped],
         "errors": [c.to_dict() for c in crashed],
-        "summary": summary_line(findings, skipped, crashed),
+        "summary": summary_line(findings, skipped, crashed, status),
     }
 
 
 def render_json(run_name: str, findings: list[Finding], skipped: list[Any] = (), crashed: list[Any] = (),
-                source: str | None = None) -> str:
-    return json.dumps(to_json_dict(run_name, findings, skipped, crashed, source), indent=2)
+                source: str | None = None, status: str | None = None) -> str:
+    return json.dumps(to_json_dict(run_name, findings, skipped, crashed, source, status), indent=2)

@@ -50,6 +50,17 @@ def _finite_train(run: Run, min_points: int) -> pd.Series:
     return t
 
 
+def chance_loss(run: Run) -> float | None:
+    """The loss of an untrained classifier (ln C for cross-entropy, ln 2 for BCE), if known."""
+    crit = (run.meta.get("criterion") or {}).get("class", "")
+    c = run.meta.get("num_classes")
+    if crit in ("CrossEntropyLoss", "NLLLoss") and isinstance(c, int) and c > 1:
+        return float(np.log(c))
+    if crit in ("BCELoss", "BCEWithLogitsLoss"):
+        return float(np.log(2))
+    return None
+
+
 def _common_fix_values(run: Run) -> dict[str, str]:
     lr = lr_value(run)
     bs = first_series(run, ("loop/batch_size", "batch_size"))
@@ -71,14 +82,20 @@ def _unit(run: Run, t: pd.Series) -> str:
 def loss_not_decreasing(ctx: Context) -> list[Finding]:
     t = finite(_train_loss(ctx.run))
     # an epoch-level log of 5+ epochs is judged too; step logs need min_points values
-    if len(t) < min(ctx.p("min_points"), 5 if len(t) < 20 else ctx.p("min_points")):
-        raise NotApplicable(f"only {len(t)} finite training-loss values")
-    head = head_level(t, 0.05, lo=min(3, len(t)))
+    need = 5 if n_epochs(ctx.run) == len(t) else ctx.p("min_points")
+    if len(t) < need:
+        raise NotApplicable(f"only {len(t)} finite training-loss values (needs {need})")
+    head = head_level(t, 0.1, lo=min(3, len(t)))
     if abs(head) < 1e-8:
         raise NotApplicable("initial training loss is already ~0")
-    sm = smooth(t)
-    best = float(sm.min())
-    drop = rel(head, best) if head > 0 else (head - best) / abs(head)
+    chance = chance_loss(ctx.run)
+    if chance is not None and 0 < head < 0.5 * chance:
+        return []  # starts far below chance: fine-tuning or a resumed run, a flat curve is expected
+    # lowest level later in the run, from medians of fifths of it: a noisy flat curve has dips
+    # that short windows would count as progress
+    m = block_medians(t, max(1, len(t) // 5))
+    best = float(m.iloc[1:].min()) if len(m) > 1 else float(m.iloc[0])
+    drop = (head - best) / abs(head)
     if drop >= ctx.p("min_rel_drop"):
         return []
     return [
@@ -114,18 +131,20 @@ def divergence(ctx: Context) -> list[Finding]:
     t = raw
     if len(t) < 5:
         raise NotApplicable(f"only {len(t)} training-loss values")
-    # the loss at initialization: the first values, before any blow-up (min of the first 3)
-    head = float(np.min(t.to_numpy()[:3]))
-    if head <= 0:
+    # the loss at initialization: for spikes the first values before any blow-up (min of the
+    # first 3); for slower rises a robust median of the first 5% (noisy batches dip low)
+    first = float(np.min(t.to_numpy()[:3]))
+    head = max(first, head_level(t, 0.05, lo=min(3, len(t))))
+    if first <= 0:
         raise NotApplicable("training loss is not positive; relative divergence tests do not apply")
-    spikes = t[t > ctx.p("spike_factor") * head]
+    spikes = t[t > ctx.p("spike_factor") * first]
     if len(spikes):
         return [
             ctx.finding(
                 f"train loss spiked to {_fmt(float(spikes.max()))} at step {spikes.idxmax()}, "
-                f"{float(spikes.max()) / head:.3g}x its initial level {_fmt(head)} (threshold {ctx.p('spike_factor'):g}x)",
+                f"{float(spikes.max()) / first:.3g}x its initial level {_fmt(first)} (threshold {ctx.p('spike_factor'):g}x)",
                 steps=(int(spikes.index[0]), int(spikes.index[-1])),
-                evidence={"initial_loss": head, "max_loss": float(spikes.max()), "spike_steps": len(spikes)},
+                evidence={"initial_loss": first, "max_loss": float(spikes.max()), "spike_steps": len(spikes)},
                 fix_values=fv,
             )
         ]
@@ -142,18 +161,20 @@ def divergence(ctx: Context) -> list[Finding]:
                 fix_values=fv,
             )
         ]
-    low_pos = int(np.argmin(sm.to_numpy()))
-    low = float(sm.iloc[low_pos])
+    # climbing back: medians of tenths of the run, so minibatch noise cannot fake a rebound
+    m = block_medians(t, max(1, len(t) // 10))
+    low_pos = int(np.argmin(m.to_numpy()))
+    low, end = float(m.iloc[low_pos]), float(m.iloc[-1])
     progress = head - low
-    if progress > FLAT_DROP * head and low_pos < len(sm) * 0.9:
+    if progress > 0.2 * head and low_pos < len(m) - 1:
         undone = (end - low) / progress
         if undone >= ctx.p("undo_fraction"):
             return [
                 ctx.finding(
-                    f"smoothed train loss fell from {_fmt(head)} to {_fmt(low)} at step {sm.index[low_pos]} "
-                    f"then climbed back to {_fmt(end)}, undoing {undone:.0%} of its progress "
+                    f"train loss (medians of tenths of the run) fell from {_fmt(head)} to {_fmt(low)} by step "
+                    f"{m.index[low_pos]} then climbed back to {_fmt(end)}, undoing {undone:.0%} of its progress "
                     f"(threshold {ctx.p('undo_fraction'):.0%})",
-                    steps=(int(sm.index[low_pos]), int(sm.index[-1])),
+                    steps=(int(m.index[low_pos]), int(t.index[-1])),
                     evidence={"initial_loss": head, "lowest_loss": low, "final_loss": end, "undone": undone},
                     fix_values=fv,
                 )
@@ -290,6 +311,9 @@ def underfitting(ctx: Context) -> list[Finding]:
     head = head_level(t, 0.05, lo=min(3, len(t)))
     if head <= 0:
         raise NotApplicable("training loss is not positive")
+    chance = chance_loss(ctx.run)
+    if chance is not None and head < 0.5 * chance:
+        return []  # starts far below chance (fine-tuning, resumed run): "high" does not apply
     sm = smooth(t)
     end = tail_level(sm, 0.05)
     low = float(sm.min())
