@@ -304,7 +304,7 @@ def test_toml_config_overrides_a_preset(tmp_path):
     exp = build(resolved)
     assert exp.train_config.epochs == 2 and exp.optimizer.param_groups[0]["lr"] == 0.002
     assert exp.config["model"]["norm"] == "batch"  # from the preset
-    assert exp.splits.train.tensors[0].shape[0] == 600  # 6000 x 0.1
+    assert exp.splits.train.tensors[0].shape[0] == 1200  # 12000 x 0.1
 
 
 @pytest.mark.parametrize("text, message", [
