@@ -88,6 +88,7 @@ def _sample_runs() -> list[Path]:
                   if not p.name.startswith((".", "_")) and p.suffix not in (".html", ".md", ".png"))
 
 
+@pytest.mark.slow  # about 4 s per sample run on a busy 2-core machine (plotly.js parse + drawing)
 @pytest.mark.skipif(not _sample_runs(), reason="no sample_runs/ yet (scripts/make_sample_runs.py)")
 def test_every_sample_run_renders(tmp_path: Path) -> None:
     """All sample runs (recorded and imported) in one browser: starting Chromium per run costs seconds."""

@@ -140,7 +140,7 @@ def loss_section(run: Run, marks: list[D.Mark]) -> Section | None:
     fig.update_xaxes(title_text=xtitle_epoch if use_epoch else xtitle_step)
     fig.update_yaxes(title_text="loss", **(LOG_AXIS if use_log else {}))
     caption = ("Training and validation loss. Thin lines are raw values, thick lines an exponential "
-               "moving average over about 2% of the run. Toggle log scale to see late progress.")
+               "moving average over about 2% of the run (at least 5 points). Toggle log scale to see late progress.")
     return Section("loss", "Loss curves", caption, figure=fig, notes=notes, marks=marks)
 
 

@@ -88,9 +88,9 @@ def differing_rank_scalars(run: Run, rtol: float = 1e-6) -> list[str]:
 
 
 def smooth(value: np.ndarray) -> np.ndarray:
-    """EMA over about 2% of the run (TensorBoard-like, bias corrected); NaN where the raw is not finite."""
+    """EMA over about 2% of the run, at least 5 points (bias corrected); NaN where the raw is not finite."""
     s = pd.Series(np.where(np.isfinite(value), value, np.nan))
-    span = max(2.0, len(s) / 50.0)
+    span = max(5.0, len(s) / 50.0)
     out = s.ewm(span=span, ignore_na=True).mean().to_numpy(copy=True)
     out[~np.isfinite(value)] = np.nan
     return out

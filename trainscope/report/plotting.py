@@ -47,9 +47,19 @@ class Section:
 # ----------------------------------------------------------------------------- shared styling
 
 
+# A small template instead of "plotly_white": that one carries defaults for every trace type and
+# deep-copying it into each figure was half the render time of a small report.
+TEMPLATE = go.layout.Template(layout=dict(
+    paper_bgcolor="white", plot_bgcolor="white", colorway=list(PALETTE),
+    xaxis=dict(gridcolor="#eef0f3", linecolor="#9ca3af", zeroline=False, automargin=True),
+    yaxis=dict(gridcolor="#eef0f3", linecolor="#9ca3af", zeroline=False, automargin=True),
+    colorscale=dict(sequential="Viridis"),
+))
+
+
 def layout(fig: go.Figure, height: int, **kw: Any) -> go.Figure:
     fig.update_layout(
-        template="plotly_white",
+        template=TEMPLATE,
         height=height,
         margin=dict(l=70, r=30, t=40, b=55),
         font=dict(family=FONT, size=13, color="#1f2937"),
