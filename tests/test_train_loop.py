@@ -271,3 +271,37 @@ def test_cli_train_refuses_a_non_empty_out(tmp_path, cli):
     (tmp_path / "x").write_text("keep me")
     r = runner.invoke(app, ["train", "--preset", "digits", "--out", str(tmp_path)])
     assert r.exit_code == 2 and "not empty" in r.output
+
+
+def test_progress_prints_one_line_per_epoch_off_a_terminal_and_nothing_when_quiet():
+    import io
+
+    from trainscope.train.progress import Progress
+
+    buf = io.StringIO()
+    p = Progress(total_epochs=2, steps_per_epoch=5, stream=buf)
+    for e in (1, 2):
+        p.start_epoch(e)
+        p.step(5, 0.5, 1e-3)  # not a terminal: no carriage-return redraws
+        p.end_epoch("train 0.5000 | lr 1.00e-03")
+    assert buf.getvalue().splitlines() == ["epoch 1/2 train 0.5000 | lr 1.00e-03" + " " * 8,
+                                           "epoch 2/2 train 0.5000 | lr 1.00e-03" + " " * 8]
+    quiet = io.StringIO()
+    q = Progress(2, 5, quiet=True, stream=quiet)
+    q.end_epoch("x")
+    q.message("y")
+    assert quiet.getvalue() == ""
+
+
+def test_compare_writes_an_html_plot(tmp_path, cli):
+    app, runner = cli
+    exp = build("digits", overrides={"train": {"epochs": 2}})
+    _trainer(exp, run_dir=tmp_path / "d").fit()
+    r = runner.invoke(app, ["compare", str(tmp_path / "d"), "--html", str(tmp_path / "c.html"), "--format", "json"])
+    assert r.exit_code == 0, r.output
+    html = (tmp_path / "c.html").read_text()
+    assert "plotly" in html.lower() and "Loss per epoch" in html and "<table>" in html
+    import json
+
+    rows = json.loads(r.stdout[r.stdout.index("["):])
+    assert rows[0]["run"] == "d" and rows[0]["epochs"] == 2 and rows[0]["test_acc"] > 0.5
