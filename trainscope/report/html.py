@@ -174,6 +174,8 @@ def _run_card(run: Run) -> str:
 
 
 def _evidence_value(v: Any) -> str:
+    if isinstance(v, (list, tuple, dict, str)) and len(v) == 0:
+        return "–"
     if isinstance(v, bool) or v is None:
         return esc(v)
     if isinstance(v, (int, float)) or hasattr(v, "item"):
@@ -197,7 +199,8 @@ def _finding_card(f: Finding, anchor: str, section: Section | None) -> str:
         shown = ", ".join(f.layers[:8]) + (f" and {len(f.layers) - 8} more" if len(f.layers) > 8 else "")
         foot.append(f"layers: <span class=\"mono\">{esc(shown)}</span>")
     if f.steps is not None:
-        foot.append(f"steps {esc(f.steps[0])}–{esc(f.steps[1])}")
+        foot.append(f"step {esc(f.steps[0])}" if f.steps[0] == f.steps[1]
+                    else f"steps {esc(f.steps[0])}–{esc(f.steps[1])}")
     if f.reference:
         foot.append(f"playbook: {esc(f.reference)}")
     if f.explains:
