@@ -146,6 +146,10 @@ class Trainer:
     ) -> None:
         self.config = config or TrainConfig()
         self.config.validate_fields()
+        for what, d in (("train_data", train_data), ("val_data", val_data), ("test_data", test_data)):
+            if isinstance(d, DataLoader):
+                raise TrainscopeError(f"{what}: pass the Dataset, not a DataLoader; the Trainer builds its own "
+                                      "loaders (batch_size in TrainConfig) so that resuming replays the same order")
         self.device = torch.device(self.config.device)
         self.model = model.to(self.device)
         self.optimizer = optimizer
@@ -373,7 +377,8 @@ class Trainer:
                 if self.task == "binary":
                     metrics["val_auc"] = rec.val_auc
                 self._log(step=self.global_step - 1, epoch=epoch, **metrics)
-                best_so_far = min((r.val_loss for r in self.history.epochs), default=math.inf)
+                best_so_far = min((r.val_loss for r in self.history.epochs if math.isfinite(r.val_loss)),
+                                  default=math.inf)
                 if rec.val_loss < best_so_far:
                     self.history.best_epoch = epoch
                 if self.early is not None and self.early.step(rec.val_loss, self.model, epoch):
