@@ -73,3 +73,30 @@ def test_sample_run_findings(name, catalogue):
     assert not (absent & found), f"{name}: should not report {sorted(absent & found)}"
     if exp.get("clean"):
         assert serious == [], f"{name} is healthy but got {serious}"
+
+
+def test_sample_runs_are_reproducible_from_the_script(tmp_path, monkeypatch):
+    """Re-record the cheapest sample exactly as scripts/make_sample_runs.py does: same numbers."""
+    import importlib.util
+    import sys
+
+    import numpy as np
+    import torch
+
+    spec = importlib.util.spec_from_file_location("make_sample_runs", ROOT.parent / "scripts" / "make_sample_runs.py")
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "make_sample_runs", script)  # dataclasses look their module up
+    spec.loader.exec_module(script)
+    sample = next(s for s in script.SAMPLES if s.name == "healthy-digits")
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        script.OUT = tmp_path
+        script.make(sample)
+    finally:
+        torch.set_num_threads(old)
+    fresh, committed = trainscope.load_run(tmp_path / sample.name), trainscope.load_run(ROOT / sample.name)
+    for name in ("train_loss", "val_loss", "test_acc"):
+        a, b = fresh.scalar(name), committed.scalar(name)
+        assert a.index.tolist() == b.index.tolist(), name
+        np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=1e-5, err_msg=name)
