@@ -109,6 +109,8 @@ def test_healthy_run_has_every_recorded_section(healthy_html: str) -> None:
     for sid in ("loss", "lr", "grad", "grad-norm", "act-dead", "act-stats", "update"):
         assert f"plot-{sid}" in figs, sid
     assert 'id="fig-init"' in healthy_html and "<table class=\"init\">" in healthy_html
+    dead = next(t for t in figures_of(healthy_html)["plot-act-dead"]["data"] if t["type"] == "heatmap")
+    assert dead["y"] and all(label.endswith("(ReLU)") for label in dead["y"])  # only ReLU units can die
     loss = figs["plot-loss"]
     names = {t.get("name") for t in loss["data"]}
     assert {"train_loss (raw)", "train_loss (smoothed)", "val_loss"} <= names
@@ -176,9 +178,11 @@ def test_flagged_layer_is_highlighted_in_its_figure() -> None:
 
 
 def test_marks_tolerate_missing_and_odd_evidence() -> None:
-    f = hand_finding("some-future-rule", evidence=(("ratio", float("nan")), ("note", "x"), ("stop_epoch", 7)))
+    f = hand_finding("some-future-rule", evidence=(("ratio", float("nan")), ("note", "x"), ("stop_epoch", 7),
+                                                   ("backwards_per_step", 1)))
     marks = marks_for(f, "finding-1")
     assert [m.epochs for m in marks if m.epochs] == [(7.0,)]
+    assert not any(m.steps for m in marks)  # a count per step is not a position
     assert section_for(f, {"loss", "grad"}) == "loss"
     assert section_for(hand_finding("eval-mode-during-training"), {"loss"}) == "run"
     assert section_for(hand_finding("dead-relu"), {"loss"}) == "run"  # its figure is absent

@@ -49,7 +49,7 @@ def available_sections(run: Run) -> set[str]:
     lay = run.layers
     if _has(lay, "grad", "norm"):
         present.add("grad")
-    if _has(lay, "activation", "frac_dead") or _has(lay, "activation", "frac_zero"):
+    if not lay.empty and _has(lay[lay["module_type"].isin(D.DYING_TYPES)], "activation", "frac_dead"):
         present.add("act-dead")
     if _has(lay, "activation", "frac_saturated"):
         present.add("act-sat")

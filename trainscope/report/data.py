@@ -147,13 +147,19 @@ def layer_order(df: pd.DataFrame) -> list[str]:
     return sorted(first, key=lambda n: (int(o.get(n, big)), first[n]))
 
 
+# Units of these can die (output 0 for every input); LeakyReLU/GELU/ELU cannot, and a Linear's
+# negative outputs are not "dead". Same family as the dead-relu rule.
+DYING_TYPES = ("ReLU", "ReLU6")
+
 # Stats that exist only for some layers (NaN elsewhere by design, see schema.LAYER_STATS).
 CONDITIONAL_STATS = ("frac_dead", "frac_saturated", "ratio")
 
 
-def layer_matrix(run: Run, kind: str, stat: str) -> LayerMatrix:
+def layer_matrix(run: Run, kind: str, stat: str, module_types: tuple[str, ...] | None = None) -> LayerMatrix:
     df = main_rank(run.layers)
     df = df[df["kind"] == kind]
+    if module_types is not None:
+        df = df[df["module_type"].isin(module_types)]
     if stat not in df or df.empty:
         return LayerMatrix([], [], np.empty(0), np.empty((0, 0)), np.empty((0, 0), bool))
     vals = df[stat].to_numpy(dtype=np.float64, na_value=np.nan)
@@ -221,6 +227,8 @@ def marks_for(finding: Finding, anchor: str) -> list[Mark]:
         if num is None:
             continue
         label = f"{key.replace('_', ' ')} {num:g}"
+        if k.endswith(("per_step", "per_epoch")):  # rates and counts, not positions
+            continue
         if k == "step" or k.endswith("_step"):
             marks.append(Mark(anchor, finding.name, finding.severity, label, steps=(num,)))
         elif k == "epoch" or k.endswith("_epoch"):

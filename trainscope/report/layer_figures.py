@@ -137,8 +137,8 @@ SAT_SCALE = [[0.0, "#f8fafc"], [0.5, "#fcd34d"], [1.0, "#b45309"]]
 
 
 def _fraction_heatmap(run: Run, stat: str, sec_id: str, title: str, caption: str, scale: Any,
-                      cbar: str, marks: list[D.Mark]) -> Section | None:
-    m = D.layer_matrix(run, "activation", stat)
+                      cbar: str, marks: list[D.Mark], module_types: tuple[str, ...] | None = None) -> Section | None:
+    m = D.layer_matrix(run, "activation", stat, module_types)
     if m.empty:
         return None
     cols = reduce_columns(m.values, m.steps, MAX_HEATMAP_COLS, "max", bad_cells=m.bad)
@@ -156,15 +156,12 @@ def _fraction_heatmap(run: Run, stat: str, sec_id: str, title: str, caption: str
 
 
 def dead_section(run: Run, marks: list[D.Mark]) -> Section | None:
-    for stat, what in (("frac_dead", "dead units"), ("frac_zero", "zero activations")):
-        sec = _fraction_heatmap(
-            run, stat, "act-dead", f"Activations: {what}",
-            f"Fraction of {what} per layer over training (a dead unit outputs <= 0 for the whole batch). "
-            "70% or more in a ReLU layer means it has stopped learning.",
-            DEAD_SCALE, f"fraction {what}", marks)
-        if sec is not None:
-            return sec
-    return None
+    """Dead units of the ReLU layers (only their units can die)."""
+    return _fraction_heatmap(
+        run, "frac_dead", "act-dead", "Activations: dead units",
+        "Fraction of dead units per ReLU layer over training (a dead unit outputs 0 for the whole batch). "
+        "70% or more means the layer has stopped learning.",
+        DEAD_SCALE, "fraction dead units", marks, D.DYING_TYPES)
 
 
 def saturation_section(run: Run, marks: list[D.Mark]) -> Section | None:
