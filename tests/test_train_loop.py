@@ -14,7 +14,7 @@ import trainscope
 from trainscope.errors import TrainscopeError
 from trainscope.train.checkpoint import Checkpointer, load_checkpoint
 from trainscope.train.early_stopping import EarlyStopping
-from trainscope.train.loop import TrainConfig, Trainer
+from trainscope.train.loop import Trainer
 from trainscope.train.lr_finder import find_lr
 from trainscope.train.presets import build
 from trainscope.train.sanity import initial_loss, overfit_one_batch, peek, run_checks

@@ -2,7 +2,6 @@
 schedules, clipping, accumulation, mixed precision, presets/config errors."""
 from __future__ import annotations
 
-import copy
 import math
 
 import pytest
