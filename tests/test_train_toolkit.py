@@ -311,6 +311,8 @@ def test_toml_config_overrides_a_preset(tmp_path):
     ('preset = "digits"\n[train]\nepochz = 3', "unknown key"),
     ('[data]\nkind = "imagenet"\n[model]\n[optim]\n[schedule]\n[train]', "kind must be one of"),
     ("this is = not toml [", "not valid TOML"),
+    ('preset = "digits"\n[train]\nepochs = "ten"', "bad value"),
+    ('preset = "digits"\n[model]\nactivation = "swish"', "unknown activation"),
     ('colour = 1', "unknown key"),
 ])
 def test_bad_config_files_are_clear_errors(tmp_path, text, message):

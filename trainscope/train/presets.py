@@ -222,6 +222,15 @@ def _scaled(n: int, scale: float, minimum: int) -> int:
 def build(config: dict[str, Any] | str, scale: float | None = None, seed: int | None = None,
           overrides: dict[str, Any] | None = None) -> Experiment:
     """Data, model, optimizer, loss and trainer settings for a preset name or a resolved config."""
+    try:
+        return _build(config, scale, seed, overrides)
+    except (TypeError, ValueError) as e:  # a wrongly typed value in a config file
+        name = config if isinstance(config, str) else config.get("name", config.get("preset", "config"))
+        raise TrainscopeError(f"{name}: bad value in the config ({type(e).__name__}: {e})") from None
+
+
+def _build(config: dict[str, Any] | str, scale: float | None, seed: int | None,
+           overrides: dict[str, Any] | None) -> Experiment:
     cfg = resolve({"preset": config}) if isinstance(config, str) else resolve(config)
     if overrides:
         cfg = resolve(_merge(cfg, overrides))
@@ -260,6 +269,7 @@ def build(config: dict[str, Any] | str, scale: float | None = None, seed: int | 
     t = dict(cfg["train"])
     t.setdefault("seed", seed)
     train_config = TrainConfig(**t)
+    train_config.validate_fields()
     schedule = ScheduleSpec(**cfg["schedule"])
     return Experiment(name=str(cfg.get("name", "run")), config=cfg, splits=splits, model=model,
                       optimizer=optimizer, criterion=criterion, train_config=train_config, schedule=schedule)
