@@ -85,7 +85,12 @@ def lr_too_low(ctx: Context) -> Iterator[Finding]:
         return  # the loss is falling well: small steps are working (e.g. fine-tuning)
     new_lr, factor = _suggest(ctx, top)
     lr = current_lr(ctx.run)
-    loss_note = f"; loss fell only {drop:.1%} (<= {max_drop:.0%})" if drop is not None else ""
+    if drop is None:
+        loss_note = ""
+    elif drop >= 0:
+        loss_note = f"; loss fell only {drop:.1%} (<= {max_drop:.0%})"
+    else:
+        loss_note = f"; loss rose {-drop:.1%}"
     yield ctx.finding(
         f"update ratio ||dW||/||W|| of the fastest-moving layer ({layer_name(fastest)}) {fmt(top)} < "
         f"{fmt(thr)} per step "
