@@ -216,12 +216,17 @@ def train(
     max_steps: int | None = None,
     drop_last: bool = True,
     grad_norm_every: int = 1,
+    log_every_step: bool = True,
+    log_epoch: bool = True,
 ) -> "trainscope.store.run.Run":
     """Train for real, record with trainscope.watch, return the loaded run.
 
     Knobs for loop bugs: zero_grad=False (never reset .grad), train_mode=False (model.eval() in the
     loop, as in the document-classifier case study), scheduler_per="epoch"|"batch" (where
     scheduler.step() is called), accumulate=k (proper gradient accumulation over k micro-batches).
+    Recording: grad_norm_every=1 records the global gradient norm at every step (the probe's default
+    samples every 10th: too few for runs of a hundred steps); log_every_step=False logs only the
+    epoch's mean training loss; log_epoch=False never tells the probe the epoch (as many loops do).
     """
     torch.manual_seed(seed)
     crit = criterion or nn.CrossEntropyLoss()
@@ -238,6 +243,7 @@ def train(
         for epoch in range(1, epochs + 1):
             model.train() if train_mode else model.eval()
             perm = torch.randperm(len(data.x_train), generator=g)
+            losses: list[torch.Tensor] = []
             for i in range(steps_per_epoch):
                 idx = perm[i * batch_size : (i + 1) * batch_size]
                 if zero_grad and i % accumulate == 0:
@@ -251,10 +257,14 @@ def train(
                 opt.step()
                 if sched is not None and scheduler_per == "batch":
                     sched.step()
-                probe.log(epoch=epoch, train_loss=loss.detach())
+                losses.append(loss.detach())
+                if log_every_step:
+                    probe.log(epoch=epoch if log_epoch else None, train_loss=loss.detach())
                 done += 1
                 if max_steps is not None and done >= max_steps:
                     break
+            if not log_every_step and losses:
+                probe.log(epoch=epoch if log_epoch else None, train_loss=torch.stack(losses).mean())
             if sched is not None and scheduler_per == "epoch":
                 sched.step()
             if validate:
@@ -266,7 +276,7 @@ def train(
                         val_acc = (out.argmax(1) == data.y_val).float().mean().item()
                     else:
                         val_acc = ((out > 0).float() == data.y_val).float().mean().item()
-                probe.log(epoch=epoch, val_loss=val_loss, val_acc=val_acc)
+                probe.log(epoch=epoch if log_epoch else None, val_loss=val_loss, val_acc=val_acc)
             if max_steps is not None and done >= max_steps:
                 break
     return trainscope.load_run(run_dir)

@@ -184,3 +184,18 @@ def test_labelled_scenario_gets_exactly_its_labels(name: str) -> None:
     """Every rule of TS2-TS6 that fires is a true label (no false alarm), every label fires (no miss)."""
     found = set(findings(scenario(name), select=["TS2", "TS3", "TS4", "TS5", "TS6"]))
     assert found == h.LABELS[name], {"missed": h.LABELS[name] - found, "false alarms": found - h.LABELS[name]}
+
+
+def test_initial_loss_comes_from_the_probe_when_only_epoch_means_are_logged(tmp_path: Path) -> None:
+    run = h.train(tmp_path / "r", h._biased_head(), h._seq(), epochs=2, every=5, log_every_step=False)
+    assert int(run.scalar("train_loss").index[0]) > 10  # the first logged loss is an epoch mean
+    f = findings(run, select=FAMILY)["initial-loss-mismatch"]
+    assert f.steps == (0, 0) and f.evidence_dict["initial_loss"] > 5
+
+
+def test_onecycle_per_epoch_without_epochs_logged(tmp_path: Path) -> None:
+    run = h.train(tmp_path / "r", h._he(h.mlp(depth=2)), h._seq(), epochs=6, every=5, optimizer="sgd", momentum=0.9,
+                  scheduler=h._sched_onecycle, scheduler_per="epoch", log_epoch=False, validate=False)
+    assert run.events_of("epoch").empty
+    f = findings(run, select=FAMILY)["scheduler-step-cadence"]
+    assert f.evidence_dict["scheduler"] == "OneCycleLR"

@@ -263,14 +263,16 @@ def scheduler_step_cadence(ctx: Context) -> Iterator[Finding]:
     if n_opt < int(ctx.p("min_steps")) or s_total <= 0:
         return
     per_batch = s_total >= 0.9 * n_opt
-    per_epoch = n_epochs >= 2 and abs(s_total - n_epochs) <= 1 and n_opt >= 2 * n_epochs
+    # once per epoch: matches the logged epochs, or (epochs not logged) far rarer than optimizer steps
+    per_epoch = (n_epochs >= 2 and abs(s_total - n_epochs) <= 1 and n_opt >= 2 * n_epochs) or (
+        n_epochs < 2 and 2 <= s_total <= n_opt / 5)
     horizon = _horizon(cls, params)
     lr = ctx.run.scalar("lr/0")
     lr_note = f"; lr went {fmt(lr.iloc[0])} -> {fmt(lr.iloc[-1])}" if len(lr) else ""
     ev = {"scheduler": cls, "scheduler_steps": s_total, "optimizer_steps": n_opt, "epochs": n_epochs,
           "horizon": horizon, "lr_first": float(lr.iloc[0]) if len(lr) else None,
           "lr_last": float(lr.iloc[-1]) if len(lr) else None}
-    spe = n_opt / n_epochs if n_epochs else float("nan")
+    spe = n_opt / n_epochs if n_epochs >= 2 else (n_opt / s_total if per_epoch else float("nan"))
     if per_epoch and cls in BATCH_STYLE and (horizon is None or horizon > 2 * s_total):
         yield ctx.finding(
             f"{cls} (horizon {fmt(horizon) if horizon else 'in batches'}) stepped once per epoch: "
@@ -404,13 +406,21 @@ def initial_loss_mismatch(ctx: Context) -> Iterator[Finding]:
     if not n or int(n) < 2:
         raise NotApplicable("number of classes unknown")
     n = int(n)
-    loss = train_loss(ctx.run).dropna()
-    if loss.empty:
-        raise NotApplicable("no training loss logged")
-    first_step = int(loss.index[0])
-    if first_step > int(ctx.p("max_first_step")):
-        raise NotApplicable(f"first training loss logged at step {first_step}, too late to be the initial loss")
-    l0 = float(loss.iloc[0])
+    # the probe saw the very first loss at the criterion; else the first logged training loss
+    l0, first_step = float("nan"), 0
+    try:
+        l0 = float(d.get("loss"))
+        first_step = int(ev.iloc[0]["step"])
+    except (TypeError, ValueError):
+        pass
+    if not math.isfinite(l0):
+        loss = train_loss(ctx.run).dropna()
+        if loss.empty:
+            raise NotApplicable("no training loss logged")
+        first_step = int(loss.index[0])
+        if first_step > int(ctx.p("max_first_step")):
+            raise NotApplicable(f"first training loss logged at step {first_step}, too late to be the initial loss")
+        l0 = float(loss.iloc[0])
     expected = math.log(n)
     tol = float(ctx.p("rel_tol")) * expected
     if not math.isfinite(l0):
