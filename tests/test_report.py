@@ -282,7 +282,7 @@ def test_ranks_that_differ_get_per_rank_curves() -> None:
 
 def test_big_run_stays_small_and_keeps_its_nan() -> None:
     run = synthetic_run(30_000, 100, every=30, epochs=30, diverge_at=29_000, dead_layer=50)
-    html = render_report(run, [hand_finding("dead-relu", "error", layers=("blocks.50.fc",))])
+    html = render_report(run, [hand_finding("dead-relu", "error", layers=("blocks.50.fc.relu",))])
     assert len(html.encode()) < 8_000_000
     figs = figures_of(html)
     loss_points = sum(len(t["x"]["bdata"]) if isinstance(t["x"], dict) else len(t["x"])

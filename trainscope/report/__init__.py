@@ -26,16 +26,6 @@ from trainscope.store.run import Run
 __all__ = ["render_report", "write_report", "default_report_path"]
 
 
-def _has(df, kind: str, stat: str) -> bool:
-    if df.empty or stat not in df:
-        return False
-    sub = df[df["kind"] == kind]
-    if sub[stat].notna().any():
-        return True
-    # a stat that applies to every layer (norm, mean) is still worth a figure when all are NaN/Inf
-    return stat not in D.CONDITIONAL_STATS and "nonfinite" in sub and bool((sub["nonfinite"] > 0).any())
-
-
 def available_sections(run: Run) -> set[str]:
     """Which figure sections this run has data for (cheap: no figure is built)."""
     names = set(run.scalar_names()) if not run.scalars.empty else set()
@@ -46,16 +36,15 @@ def available_sections(run: Run) -> set[str]:
         present.add("lr")
     if schema.GRAD_NORM in names:
         present.add("grad-norm")
-    lay = run.layers
-    if _has(lay, "grad", "norm"):
+    if D.has_layer_stat(run, "grad", "norm"):
         present.add("grad")
-    if not lay.empty and _has(lay[lay["module_type"].isin(D.DYING_TYPES)], "activation", "frac_dead"):
+    if D.has_layer_stat(run, "activation", "frac_dead", D.DYING_TYPES):
         present.add("act-dead")
-    if _has(lay, "activation", "frac_saturated"):
+    if D.has_layer_stat(run, "activation", "frac_saturated"):
         present.add("act-sat")
-    if _has(lay, "activation", "mean") and _has(lay, "activation", "std"):
+    if D.has_layer_stat(run, "activation", "mean") and D.has_layer_stat(run, "activation", "std"):
         present.add("act-stats")
-    if _has(lay, "update", "ratio"):
+    if D.has_layer_stat(run, "update", "ratio"):
         present.add("update")
     if not run.init.empty:
         present.add("init")
@@ -69,7 +58,13 @@ def render_report(run: Run, findings: Iterable[Finding], *, skipped: Iterable[An
     skipped/crashed: the engine's rules that could not run or failed (`diagnose_report`), listed
     under the findings so that silence is not mistaken for health.
     """
-    findings = sort_findings(findings)
+    try:
+        return _render(run, sort_findings(findings), list(skipped), list(crashed))
+    finally:
+        D.clear_cache()
+
+
+def _render(run: Run, findings: list[Finding], skipped: list[Any], crashed: list[Any]) -> str:
     anchors = [f"finding-{i + 1}" for i in range(len(findings))]
     present = available_sections(run)
     targets = [D.section_for(f, present) for f in findings]
@@ -85,7 +80,7 @@ def render_report(run: Run, findings: Iterable[Finding], *, skipped: Iterable[An
     built = {s.id for s in sections}
     # a section the cheap check expected but that came out empty: link to the run card instead
     targets = [t if t in built else "run" for t in targets]
-    return page(run, findings, anchors, targets, sections, built, list(skipped), list(crashed))
+    return page(run, findings, anchors, targets, sections, built, skipped, crashed)
 
 
 def default_report_path(run_path: str | os.PathLike[str]) -> Path:

@@ -54,6 +54,9 @@ class PageCheck:
     load_ms: float = 0.0  # navigation start -> every figure drawn
     first_ms: float = 0.0  # navigation start -> first figure (the top of the page) drawn
     page: dict[str, Any] = field(default_factory=dict)  # result of the `probe_js` expression
+    # renderer main-thread busy seconds (Performance.getMetrics: TaskDuration, ScriptDuration, ...):
+    # less sensitive than wall time to other processes on a shared machine
+    metrics: dict[str, float] = field(default_factory=dict)
     screenshot: Path | None = None
 
 
@@ -249,7 +252,7 @@ def _check_tab(pipe: _Pipe, page_id: str, url: str, screenshot: str | Path | Non
                full_page: bool, probe_js: str | None, timeout: float, clip_selector: str | None) -> PageCheck:
     sid = pipe.send("Target.attachToTarget", {"targetId": page_id, "flatten": True})["sessionId"]
     pipe.events = []
-    for domain in ("Page", "Runtime", "Log", "Network"):
+    for domain in ("Page", "Runtime", "Log", "Network", "Performance"):
         pipe.send(f"{domain}.enable", session=sid)
     pipe.send("Emulation.setDeviceMetricsOverride",
               {"width": width, "height": height, "deviceScaleFactor": 1, "mobile": False}, session=sid)
@@ -275,6 +278,10 @@ def _check_tab(pipe: _Pipe, page_id: str, url: str, screenshot: str | Path | Non
     result.first_ms = float(counts["first_ms"] or 0.0)
     if probe_js:
         result.page = json.loads(_eval(pipe, sid, f"JSON.stringify(({probe_js}))"))
+    perf = pipe.send("Performance.getMetrics", session=sid).get("metrics", [])
+    result.metrics = {m["name"]: float(m["value"]) for m in perf
+                      if m["name"] in ("TaskDuration", "ScriptDuration", "LayoutDuration", "RecalcStyleDuration",
+                                       "JSHeapUsedSize")}
     if screenshot is not None:
         result.screenshot = _screenshot(pipe, sid, Path(screenshot), width, height,
                                         full_page or clip_selector is not None, clip_selector)

@@ -18,6 +18,8 @@ from trainscope.rules.finding import Finding, Severity
 from trainscope.store import schema
 from trainscope.store.run import Run
 
+LAYER_STAT_NAMES = schema.LAYER_STATS
+
 # Probe-written scalars that are not metrics of the user's model.
 PROBE_PREFIXES = (schema.LR_PREFIX, schema.MOMENTUM_PREFIX, "loop/")
 VAL_RE = re.compile(r"(^|[/_.\-\s])(val|valid|validation|test|eval|dev)([/_.\-\s]|$)|^(val|valid|test|eval)", re.I)
@@ -134,19 +136,6 @@ class LayerMatrix:
         return out
 
 
-def layer_order(df: pd.DataFrame) -> list[str]:
-    """Layers sorted input -> output: by the probe's forward `order`, unknown (-1) last."""
-    if df.empty:
-        return []
-    first = {name: i for i, name in enumerate(pd.unique(df["layer"]))}
-    if "order" in df:
-        o = df[df["order"] >= 0].groupby("layer")["order"].min().to_dict()
-    else:
-        o = {}
-    big = 1 << 30
-    return sorted(first, key=lambda n: (int(o.get(n, big)), first[n]))
-
-
 # Units of these can die (output 0 for every input); LeakyReLU/GELU/ELU cannot, and a Linear's
 # negative outputs are not "dead". Same family as the dead-relu rule.
 DYING_TYPES = ("ReLU", "ReLU6")
@@ -155,37 +144,115 @@ DYING_TYPES = ("ReLU", "ReLU6")
 CONDITIONAL_STATS = ("frac_dead", "frac_saturated", "ratio")
 
 
+@dataclass(frozen=True)
+class _KindRows:
+    code: np.ndarray  # layer code of each row (index into _LayerIndex.names)
+    step: np.ndarray
+    stats: dict[str, np.ndarray]  # float64 columns
+
+
+@dataclass(frozen=True)
+class _LayerIndex:
+    """The layers frame (main rank) as numpy arrays per kind: string filtering of millions of rows
+    (pyarrow-backed) dominated the render time of big runs, so it is done once per frame."""
+
+    names: list[str]
+    types: np.ndarray  # module type per layer code (object array)
+    rank_key: np.ndarray  # sort key per layer code: forward order, then first appearance
+    kinds: dict[str, _KindRows]
+
+
+_INDEX_CACHE: list[tuple[pd.DataFrame, _LayerIndex]] = []  # one entry: the frame being rendered
+
+
+def _layer_index(run: Run) -> _LayerIndex:
+    frame = run.layers
+    if _INDEX_CACHE and _INDEX_CACHE[0][0] is frame:
+        return _INDEX_CACHE[0][1]
+    df = main_rank(frame)
+    codes, uniques = pd.factorize(df["layer"], sort=False)  # codes follow first appearance
+    names = [str(u) for u in uniques]
+    n = len(names)
+    first_row = np.full(n, len(df), dtype=np.int64)
+    np.minimum.at(first_row, codes, np.arange(len(df)))
+    types = (df["module_type"].to_numpy(dtype=object, na_value="")[first_row] if n and "module_type" in df
+             else np.array([""] * n, dtype=object))
+    order = df["order"].to_numpy(dtype=np.int64, na_value=-1) if "order" in df else np.full(len(df), -1)
+    big = np.int64(1 << 30)
+    o = np.full(n, big, dtype=np.int64)
+    ok = order >= 0
+    np.minimum.at(o, codes[ok], order[ok])
+    rank_key = o * (1 << 20) + np.arange(n)  # order first, first appearance breaks ties
+    kind_codes, kind_names = pd.factorize(df["kind"], sort=False)
+    step = df["step"].to_numpy(dtype=np.int64)
+    stat_cols = [c for c in (*LAYER_STAT_NAMES, "nonfinite") if c in df]
+    arrays = {c: df[c].to_numpy(dtype=np.float64, na_value=np.nan) for c in dict.fromkeys(stat_cols)}
+    kinds = {}
+    for k, kname in enumerate(kind_names):
+        sel = kind_codes == k
+        kinds[str(kname)] = _KindRows(codes[sel], step[sel], {c: a[sel] for c, a in arrays.items()})
+    index = _LayerIndex(names, types, rank_key, kinds)
+    _INDEX_CACHE[:] = [(frame, index)]
+    return index
+
+
+def clear_cache() -> None:
+    """Drop the layer index (render_report calls this when done: big frames stay collectable)."""
+    _INDEX_CACHE.clear()
+
+
+def has_layer_stat(run: Run, kind: str, stat: str, module_types: tuple[str, ...] | None = None) -> bool:
+    """Any recorded value of `stat` for `kind` (or, for stats every layer has, any NaN/Inf tensor)."""
+    if run.layers.empty:
+        return False
+    ix = _layer_index(run)
+    rows = ix.kinds.get(kind)
+    if rows is None or stat not in rows.stats:
+        return False
+    sel = np.isin(ix.types[rows.code], module_types) if module_types is not None else slice(None)
+    if (~np.isnan(rows.stats[stat][sel])).any():
+        return True
+    nonfinite = rows.stats.get("nonfinite")
+    return stat not in CONDITIONAL_STATS and nonfinite is not None and bool((nonfinite[sel] > 0).any())
+
+
+def _empty_matrix() -> LayerMatrix:
+    return LayerMatrix([], [], np.empty(0), np.empty((0, 0)), np.empty((0, 0), bool))
+
+
 def layer_matrix(run: Run, kind: str, stat: str, module_types: tuple[str, ...] | None = None) -> LayerMatrix:
-    df = main_rank(run.layers)
-    df = df[df["kind"] == kind]
+    """[layers input -> output, recorded steps] of one stat; NaN where not recorded."""
+    if run.layers.empty:
+        return _empty_matrix()
+    ix = _layer_index(run)
+    rows = ix.kinds.get(kind)
+    if rows is None or stat not in rows.stats:
+        return _empty_matrix()
+    code, step, vals = rows.code, rows.step, rows.stats[stat]
+    nonfinite = rows.stats.get("nonfinite", np.zeros(len(vals)))
     if module_types is not None:
-        df = df[df["module_type"].isin(module_types)]
-    if stat not in df or df.empty:
-        return LayerMatrix([], [], np.empty(0), np.empty((0, 0)), np.empty((0, 0), bool))
-    vals = df[stat].to_numpy(dtype=np.float64, na_value=np.nan)
-    nonfinite = df["nonfinite"].to_numpy(dtype=np.float64, na_value=0.0) if "nonfinite" in df else np.zeros(len(df))
-    bad_rows = (nonfinite > 0) | np.isinf(vals)
+        sel = np.isin(ix.types[code], module_types)
+        code, step, vals, nonfinite = code[sel], step[sel], vals[sel], nonfinite[sel]
+    bad_rows = (np.nan_to_num(nonfinite, nan=0.0) > 0) | np.isinf(vals)
     keep = ~np.isnan(vals) | bad_rows
-    if not keep.any():
-        return LayerMatrix([], [], np.empty(0), np.empty((0, 0)), np.empty((0, 0), bool))
-    df, vals, bad_rows = df[keep], vals[keep], bad_rows[keep]
     if stat in CONDITIONAL_STATS:
         # NaN/Inf rows of a layer this stat never applied to (e.g. saturation of a ReLU) are not news
-        applies = set(df.loc[~np.isnan(vals), "layer"].unique())
-        sel = df["layer"].isin(applies).to_numpy()
-        df, vals, bad_rows = df[sel], vals[sel], bad_rows[sel]
-        if df.empty:
-            return LayerMatrix([], [], np.empty(0), np.empty((0, 0)), np.empty((0, 0), bool))
-    names = layer_order(df)
-    pos = {n: i for i, n in enumerate(names)}
-    li = df["layer"].map(pos).to_numpy(dtype=np.int64)
-    steps, si = np.unique(df["step"].to_numpy(dtype=np.int64), return_inverse=True)
-    values = np.full((len(names), len(steps)), np.nan)
-    bad = np.zeros((len(names), len(steps)), dtype=bool)
+        applies = np.unique(code[~np.isnan(vals)])
+        keep &= np.isin(code, applies)
+    if not keep.any():
+        return _empty_matrix()
+    code, step, vals, bad_rows = code[keep], step[keep], vals[keep], bad_rows[keep]
+    present = np.unique(code)
+    present = present[np.argsort(ix.rank_key[present], kind="stable")]
+    row_of = np.full(len(ix.names), -1, dtype=np.int64)
+    row_of[present] = np.arange(len(present))
+    steps, si = np.unique(step, return_inverse=True)
+    values = np.full((len(present), len(steps)), np.nan)
+    bad = np.zeros((len(present), len(steps)), dtype=bool)
+    li = row_of[code]
     values[li, si] = np.where(bad_rows, np.nan, vals)
     bad[li, si] = bad_rows
-    types = df.drop_duplicates("layer").set_index("layer")["module_type"].reindex(names).fillna("").astype(str)
-    return LayerMatrix(names, types.tolist(), steps, values, bad)
+    return LayerMatrix([ix.names[c] for c in present], [str(ix.types[c]) for c in present], steps, values, bad)
 
 
 # ----------------------------------------------------------------------------- findings -> marks

@@ -88,20 +88,22 @@ def synthetic_run(
         bad = rec >= diverge_at + 10
         grad[:, bad] = np.nan
         nonfinite[:, bad] = 1
-    layer = np.repeat(np.array(names, dtype=object), S)
-    order = np.repeat(np.arange(L, dtype=np.int32), S)
+    relu_names = [f"{n}.relu" for n in names]  # each Linear is followed by a ReLU (forward order 2i, 2i+1)
     stepc = np.tile(rec, L)
-    base = {"step": stepc, "layer": layer, "module_type": "Linear", "order": order, "rank": 0}
 
-    def kind(k: str, **stats: np.ndarray) -> pd.DataFrame:
-        return pd.DataFrame({**base, "kind": k, **{s: v.ravel() for s, v in stats.items()}})
+    def kind(k: str, layer_names: list[str], module: str, offset: int, **stats: np.ndarray) -> pd.DataFrame:
+        return pd.DataFrame({"step": stepc, "layer": np.repeat(np.array(layer_names, dtype=object), S),
+                             "module_type": module, "order": np.repeat(2 * np.arange(L, dtype=np.int32) + offset, S),
+                             "rank": 0, "kind": k, **{s: v.ravel() for s, v in stats.items()}})
 
     layers = pd.concat([
-        kind("grad", norm=grad, nonfinite=nonfinite, numel=np.full((L, S), 4096.0)),
-        kind("activation", mean=act_mean, std=act_std, frac_zero=frac_dead * 0.98, frac_dead=frac_dead,
+        kind("grad", names, "Linear", 0, norm=grad, nonfinite=nonfinite, numel=np.full((L, S), 4096.0)),
+        kind("activation", names, "Linear", 0, mean=act_mean - 0.3, std=act_std * 1.4, frac_zero=np.zeros((L, S)),
              nonfinite=nonfinite),
-        kind("weight", norm=np.full((L, S), 12.0), std=np.full((L, S), 0.05)),
-        kind("update", ratio=ratio),
+        kind("activation", relu_names, "ReLU", 1, mean=act_mean, std=act_std, frac_zero=frac_dead * 0.98,
+             frac_dead=frac_dead, nonfinite=nonfinite),
+        kind("weight", names, "Linear", 0, norm=np.full((L, S), 12.0), std=np.full((L, S), 0.05)),
+        kind("update", names, "Linear", 0, ratio=ratio),
     ], ignore_index=True)
     layers = _frame(schema.LAYERS, layers)
 
