@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,11 @@ from typing import Any
 from torch import nn
 
 from trainscope.errors import TrainscopeError
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
 from trainscope.train import data as datasets
 from trainscope.train.loop import TrainConfig
 from trainscope.train.models import build_mlp
