@@ -171,6 +171,14 @@ def saturation_section(run: Run, marks: list[D.Mark]) -> Section | None:
         "a saturated unit passes almost no gradient.", SAT_SCALE, "fraction saturated", marks)
 
 
+MAX_ERROR_BARS = 40  # beyond this many layers, mean ± std is drawn as a band
+
+
+def _rgba(hex_color: str, alpha: float) -> str:
+    h = hex_color.lstrip("#")
+    return f"rgba({int(h[0:2], 16)},{int(h[2:4], 16)},{int(h[4:6], 16)},{alpha})"
+
+
 def act_stats_section(run: Run, marks: list[D.Mark]) -> Section | None:
     mean = D.layer_matrix(run, "activation", "mean")
     std = D.layer_matrix(run, "activation", "std")
@@ -191,14 +199,26 @@ def act_stats_section(run: Run, marks: list[D.Mark]) -> Section | None:
                 f[i], la[i] = row[idx[0]], row[idx[-1]]
         firsts.append(f), lasts.append(la)
     s0, s1 = int(mean.steps[0]), int(mean.steps[-1])
+    many = len(labels) > MAX_ERROR_BARS
     for (mu, sd), name, color, off in (((firsts[0], firsts[1]), f"first (step {s0})", "#94a3b8", -0.12),
                                        ((lasts[0], lasts[1]), f"last (step {s1})", TRAIN_COLOR, 0.12)):
-        fig.add_trace(go.Scatter(x=np.array(x) + off, y=mu, error_y=dict(type="data", array=sd, thickness=1.5,
-                                 width=3, color=color), mode="markers", marker=dict(color=color, size=7),
-                                 name=pe(name), legendgroup=name, text=labels,
-                                 hovertemplate="%{text}<br>mean %{y:.3g}<extra>" + pe(name) + "</extra>"),
-                      row=1, col=1)
-        fig.add_trace(go.Scatter(x=x, y=np.where(sd > 0, sd, np.nan), mode="lines+markers",
+        if many:  # a band instead of hundreds of error bars
+            fig.add_trace(go.Scatter(x=x, y=mu + sd, mode="lines", line=dict(width=0), legendgroup=name,
+                                     showlegend=False, hoverinfo="skip"), row=1, col=1)
+            fig.add_trace(go.Scatter(x=x, y=mu - sd, mode="lines", line=dict(width=0), fill="tonexty",
+                                     fillcolor=_rgba(color, 0.18), legendgroup=name, showlegend=False,
+                                     hoverinfo="skip"), row=1, col=1)
+            fig.add_trace(go.Scatter(x=x, y=mu, mode="lines", line=dict(color=color, width=1.5), name=pe(name),
+                                     legendgroup=name, text=labels,
+                                     hovertemplate="%{text}<br>mean %{y:.3g}<extra>" + pe(name) + "</extra>"),
+                          row=1, col=1)
+        else:
+            fig.add_trace(go.Scatter(x=np.array(x) + off, y=mu, error_y=dict(type="data", array=sd, thickness=1.5,
+                                     width=3, color=color), mode="markers", marker=dict(color=color, size=7),
+                                     name=pe(name), legendgroup=name, text=labels,
+                                     hovertemplate="%{text}<br>mean %{y:.3g}<extra>" + pe(name) + "</extra>"),
+                          row=1, col=1)
+        fig.add_trace(go.Scatter(x=x, y=np.where(sd > 0, sd, np.nan), mode="lines" if many else "lines+markers",
                                  marker=dict(color=color, size=6), line=dict(color=color, width=1.5),
                                  name=pe(name), legendgroup=name, showlegend=False, text=labels,
                                  hovertemplate="%{text}<br>std %{y:.3g}<extra>" + pe(name) + "</extra>"),
@@ -210,6 +230,8 @@ def act_stats_section(run: Run, marks: list[D.Mark]) -> Section | None:
     show = len(labels) <= 60
     fig.update_xaxes(tickmode="array", tickvals=x, ticktext=labels, tickangle=-40 if len(labels) > 6 else 0,
                      tickfont=dict(size=11 if len(labels) <= 30 else 8), showticklabels=show, row=2, col=1)
+    if many:
+        fig.update_xaxes(showgrid=False, ticks="")
     fig.update_yaxes(title_text="std", row=2, col=1, **log_axis(np.concatenate([firsts[1], lasts[1]])))
     fig.update_yaxes(title_text="mean", row=1, col=1)
     layout(fig, 600 + (6 * max(len(max(labels, key=len)), 10) if show else 0), shapes=shapes)
