@@ -34,14 +34,22 @@ FIGURE_RE = re.compile(r'<script type="application/json" class="ts-figure-data" 
 FINDINGS_RE = re.compile(r'<script type="application/json" id="trainscope-findings">(.*?)</script>', re.S)
 
 
+def strict_json(text: str):
+    """Parse like the browser's JSON.parse: NaN/Infinity are not JSON."""
+    def reject(name: str):
+        raise ValueError(f"non-standard JSON constant {name}")
+
+    return json.loads(text, parse_constant=reject)
+
+
 def figures_of(html: str) -> dict[str, dict]:
-    return {m.group(1): json.loads(m.group(2)) for m in FIGURE_RE.finditer(html)}
+    return {m.group(1): strict_json(m.group(2)) for m in FIGURE_RE.finditer(html)}
 
 
 def findings_json(html: str) -> dict:
     m = FINDINGS_RE.search(html)
     assert m, "no embedded findings JSON"
-    return json.loads(m.group(1))
+    return strict_json(m.group(1))
 
 
 def hand_finding(name: str, severity: str = "warning", **kw) -> Finding:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import html
 import json
+import math
 from functools import lru_cache
 from importlib import resources
 from typing import Any, Iterable
@@ -30,9 +31,21 @@ def esc(text: Any) -> str:
     return html.escape(str(text), quote=True)
 
 
+def _strict(obj: Any) -> Any:
+    """NaN/Inf are not JSON (JSON.parse and strict parsers reject them): write them as strings."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _strict(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_strict(v) for v in obj]
+    return obj
+
+
 def json_for_script(obj: Any) -> str:
     """JSON that is safe inside <script type="application/json">: escape <, >, & and line separators."""
-    text = obj if isinstance(obj, str) else json.dumps(obj, ensure_ascii=False, default=str, allow_nan=True)
+    text = obj if isinstance(obj, str) else json.dumps(_strict(obj), ensure_ascii=False, default=str,
+                                                       allow_nan=False)
     return (text.replace("&", "\\u0026").replace("<", "\\u003c").replace(">", "\\u003e")
             .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
 
