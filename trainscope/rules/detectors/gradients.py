@@ -205,21 +205,35 @@ def dead_relu(ctx: Context) -> Iterator[Finding]:
     )
 
 
+# Within one step a NaN travels forward (activation -> loss), then backward (grad), then into the
+# weights at optimizer.step: the earliest of these at the first bad step is where to look.
+CAUSAL_ORDER = {"activation": 0, "loss": 1, "grad": 2, "weight": 3}
+
+
 @detector("nan-or-inf")
 def nan_or_inf(ctx: Context) -> Iterator[Finding]:
     ev = events(ctx.run, "nonfinite")
     if not ev.empty:
-        row = ev.iloc[0]
-        d = detail(row)
+        first_step = int(ev["step"].min())
+        at_first = [(r, detail(r)) for _, r in ev[ev["step"] == first_step].iterrows()]
+        at_first.sort(key=lambda rd: (CAUSAL_ORDER.get(str(rd[1].get("tensor")), 9), not rd[0].get("layer")))
+        row, d = at_first[0]
         tensor = str(d.get("tensor") or "tensor")
-        layer = str(row.get("layer") or "")
+        layer = str(row.get("layer") or "") or next(
+            (str(r.get("layer")) for r, dd in at_first if dd.get("tensor") == tensor and r.get("layer")), "")
         where = f" in {layer_name(layer)}" if layer else ""
+        value = d.get("value")
+        also = sorted({str(dd.get("tensor")) for _, dd in at_first} - {tensor},
+                      key=lambda t: CAUSAL_ORDER.get(t, 9))
+        later = ev[ev["step"] > first_step]
         yield ctx.finding(
-            f"first NaN/Inf at step {int(row['step'])}: {tensor}{where}",
+            f"first NaN/Inf at step {first_step}: {tensor}{where}" + (f" ({value})" if value else "")
+            + (f", then {', '.join(also)} at the same step" if also else ""),
             layers=[layer] if layer else [],
-            steps=(int(row["step"]), int(ev["step"].max())),
-            evidence={"first_step": int(row["step"]), "tensor": tensor, "layer": layer or None,
-                      **{k: v for k, v in d.items() if k != "tensor"}},
+            steps=(first_step, int(ev["step"].max())),
+            evidence={"first_step": first_step, "tensor": tensor, "layer": layer or None,
+                      "same_step": also, "later_tensors": sorted(set(
+                          str(detail(r).get("tensor")) for _, r in later.iterrows()))},
             fix_values={"lr_new": _lower_lr(ctx)},
         )
         return
