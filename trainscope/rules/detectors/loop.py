@@ -166,6 +166,8 @@ def eval_mode_during_training(ctx: Context) -> Iterator[Finding]:
         evidence={"frac_eval_steps": frac, "threshold": float(ctx.p("min_frac")), "first_step": int(evals.index[0]),
                   "mode_sensitive_modules": affected},
         severity=None if affected else "warning",
+        # only a model whose modules behave differently in eval mode can have its curves explained by it
+        explains=("overfitting", "loss-not-decreasing", "divergence", "underfitting") if affected else (),
     )
 
 
