@@ -10,14 +10,23 @@ optim (AdamW without decay on biases/norms, SGD, Adam), schedules (PyTorch sched
 batch), lr_finder (range test), loop (Trainer), early_stopping, checkpoint, sanity (checklist
 checks), data (case-study data), presets (presets + TOML configs), compare, progress, commands (CLI).
 """
-from trainscope.train.early_stopping import EarlyStopping
-from trainscope.train.init import init_weights
-from trainscope.train.loop import History, TrainConfig, Trainer
-from trainscope.train.lr_finder import LRFinderResult, find_lr
-from trainscope.train.models import build_mlp
-from trainscope.train.optim import make_optimizer, param_groups
-from trainscope.train.presets import PRESETS, build
-from trainscope.train.schedules import ScheduleSpec, make_scheduler
+from __future__ import annotations
 
-__all__ = ["EarlyStopping", "History", "LRFinderResult", "PRESETS", "ScheduleSpec", "TrainConfig", "Trainer",
-           "build", "build_mlp", "find_lr", "init_weights", "make_optimizer", "make_scheduler", "param_groups"]
+import importlib
+from typing import Any
+
+# Lazy: `trainscope diagnose` mounts the trainer's CLI commands, and must not pay for importing torch
+# and scipy.stats just to start.
+_EXPORTS = {
+    "EarlyStopping": "early_stopping", "init_weights": "init", "History": "loop", "TrainConfig": "loop",
+    "Trainer": "loop", "LRFinderResult": "lr_finder", "find_lr": "lr_finder", "build_mlp": "models",
+    "make_optimizer": "optim", "param_groups": "optim", "PRESETS": "presets", "build": "presets",
+    "ScheduleSpec": "schedules", "make_scheduler": "schedules",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"trainscope.train.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'trainscope.train' has no attribute {name!r}")
