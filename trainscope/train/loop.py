@@ -30,6 +30,15 @@ from trainscope.train.schedules import ScheduleSpec, make_scheduler
 PRECISIONS = ("fp32", "bf16", "fp16")
 
 
+
+def _grad_scaler(device_type: str) -> Any:
+    """torch.amp.GradScaler (torch >= 2.3), or the older CUDA-only spelling on torch 2.2."""
+    if hasattr(torch.amp, "GradScaler"):
+        return torch.amp.GradScaler(device_type)
+    if device_type == "cuda":
+        return torch.cuda.amp.GradScaler()
+    raise TrainscopeError(f"fp16 with loss scaling on {device_type} needs torch >= 2.3 (use bf16, or a GPU)")
+
 @dataclass
 class TrainConfig:
     epochs: int = 10
@@ -168,7 +177,7 @@ class Trainer:
         spec = ScheduleSpec(name=schedule) if isinstance(schedule, str) else schedule
         self.schedule_spec = spec
         self.scheduler = make_scheduler(optimizer, spec, self.total_steps, self.steps_per_epoch) if spec else None
-        self.scaler = torch.amp.GradScaler(self.device.type) if self.config.precision == "fp16" else None
+        self.scaler = _grad_scaler(self.device.type) if self.config.precision == "fp16" else None
         self.early = (EarlyStopping(self.config.patience, self.config.min_delta, self.config.restore_best)
                       if self.config.early_stopping else None)
         self.checkpointer = (Checkpointer(self.config.checkpoint_dir, self.config.keep_last)
