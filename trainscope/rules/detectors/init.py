@@ -28,6 +28,11 @@ from trainscope.rules.detectors._common import fmt, layer_name, modules
 from trainscope.rules.finding import Finding
 from trainscope.rules.registry import Context, NotApplicable, detector
 
+# What a bad init explains depends on its direction: a shrinking signal starves and kills units, a
+# growing one saturates and blows up.
+EXPLAINS_SHRINK = ("slow-start", "vanishing-gradients", "collapsed-activations", "dead-relu")
+EXPLAINS_GROW = ("initial-loss-mismatch", "exploding-gradients", "saturated-activations", "unstable-gradients")
+
 RELU_FAMILY = {"relu", "relu6", "leaky_relu", "rrelu", "prelu", "elu", "celu", "gelu", "silu", "mish",
                "softplus", "hardswish"}
 SATURATING = {"tanh", "sigmoid", "hardtanh", "hardsigmoid", "softsign"}
@@ -133,6 +138,7 @@ def poor_initialization(ctx: Context) -> Iterator[Finding]:
             },
             fix_values={"init_call": _init_call(nl), "alt_fix": alt},
             severity="info" if mild else None,
+            explains=EXPLAINS_SHRINK if compound < lo else EXPLAINS_GROW,
         )
         return
 
@@ -155,6 +161,7 @@ def poor_initialization(ctx: Context) -> Iterator[Finding]:
                       "target_scheme": str(bad["target_scheme"].iloc[0]),
                       "ratios": {r.layer: round(float(r.ratio), 4) for r in bad.itertuples()}},
             fix_values={"init_call": _init_call(nl), "alt_fix": alt},
+            explains=EXPLAINS_SHRINK if float(bad["ratio"].median()) < 1 else EXPLAINS_GROW,
         )
         return
 
@@ -171,4 +178,5 @@ def poor_initialization(ctx: Context) -> Iterator[Finding]:
             evidence={"ratio": float(r["ratio"]), "var": float(r["var"]), "target_var": float(r["target_var"]),
                       "scheme": str(r["scheme"]), "nonlinearity": str(r["nonlinearity"])},
             fix_values={"init_call": _init_call(str(r["nonlinearity"])), "alt_fix": alt},
+            explains=EXPLAINS_SHRINK if r["var"] <= 0 or r["ratio"] < 1 else EXPLAINS_GROW,
         )
