@@ -44,22 +44,27 @@ def layer_labels(m: D.LayerMatrix) -> list[str]:
 
 
 def heatmap(fig: go.Figure, cols: Any, z: np.ndarray, labels: list[str], row: int, col: int, *,
-             colorscale: Any, zmin: float, zmax: float, cbar_title: str, hover: str) -> None:
+             colorscale: Any, zmin: float, zmax: float, cbar_title: str, hover: str,
+             bad_color: str = BAD_COLOR) -> None:
     fig.add_trace(go.Heatmap(
         x=cols.step_lo, y=labels, z=z, colorscale=colorscale, zmin=zmin, zmax=zmax,
         hovertemplate=hover, hoverongaps=False, ygap=1 if len(labels) <= 40 else 0,
         colorbar=dict(title=dict(text=pe(cbar_title), side="right"), thickness=12, len=0.9),
     ), row=row, col=col)
     if cols.bad.any():
-        r, c = np.nonzero(cols.bad)
-        if len(r) > 3000:  # enough markers to see the pattern
-            keep = np.linspace(0, len(r) - 1, 3000).astype(int)
-            r, c = r[keep], c[keep]
-        fig.add_trace(go.Scatter(
-            x=cols.step_lo[c], y=[labels[i] for i in r], mode="markers", name="NaN/Inf", showlegend=True,
-            marker=dict(symbol="x-thin", size=6, color=BAD_COLOR, line=dict(width=1.5, color=BAD_COLOR)),
+        # NaN/Inf cells as a second, one-color heatmap on top: drawn on a canvas like the first
+        # (hundreds of SVG markers made a diverged 100-layer run slow to open)
+        # only the column window that holds bad cells (a run that diverged at the end: a few columns)
+        hit = np.flatnonzero(cols.bad.any(axis=0))
+        c0, c1 = max(int(hit[0]) - 1, 0), min(int(hit[-1]) + 2, cols.bad.shape[1])
+        fig.add_trace(go.Heatmap(
+            x=cols.step_lo[c0:c1], y=labels, z=np.where(cols.bad[:, c0:c1], 1.0, np.nan).astype(np.float32),
+            zmin=0, zmax=1,
+            colorscale=[[0, bad_color], [1, bad_color]], showscale=False, hoverongaps=False, name="NaN/Inf",
             hovertemplate="%{y}<br>step %{x}: <b>NaN/Inf</b><extra></extra>",
         ), row=row, col=col)
+        fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", name="NaN/Inf", showlegend=True,
+                                 marker=dict(symbol="square", size=11, color=bad_color)), row=row, col=col)
 
 
 def layer_yaxis(fig: go.Figure, labels: list[str], row: int = 1, col: int = 1,
@@ -118,7 +123,7 @@ def grad_section(run: Run, marks: list[D.Mark]) -> Section | None:
     shapes += highlight_rows(m.layers, marks, "x", "y")
     h = heatmap_height(len(labels))
     layout(fig, h, shapes=shapes, annotations=anns)
-    fig.update_layout(margin=dict(t=40, b=60), legend=dict(y=1.0, yanchor="bottom", x=1, xanchor="right"))
+    fig.update_layout(margin=dict(t=40, b=60), legend=dict(y=1.0, yanchor="bottom", x=0, xanchor="left"))
     fig.update_yaxes(showgrid=False, row=1, col=2)
     notes = []
     if cols.values.shape[1] < len(m.steps):
@@ -144,8 +149,9 @@ def _fraction_heatmap(run: Run, stat: str, sec_id: str, title: str, caption: str
     cols = reduce_columns(m.values, m.steps, MAX_HEATMAP_COLS, "max", bad_cells=m.bad)
     labels = layer_labels(m)
     fig = make_subplots(rows=1, cols=1)
-    heatmap(fig, cols, cols.values.astype(np.float32), labels, 1, 1, colorscale=scale, zmin=0, zmax=1, cbar_title=cbar,
-             hover="%{y}<br>step %{x}<br>" + pe(cbar) + " %{z:.0%}<extra></extra>")
+    heatmap(fig, cols, cols.values.astype(np.float32), labels, 1, 1, colorscale=scale, zmin=0, zmax=1,
+            cbar_title=cbar, bad_color="#111827",
+            hover="%{y}<br>step %{x}<br>" + pe(cbar) + " %{z:.0%}<extra></extra>")
     layer_yaxis(fig, labels, layers=m.layers, marks=marks)
     shapes, anns = step_marks(marks, run_extent(run))
     shapes += highlight_rows(m.layers, marks, "x", "y")
