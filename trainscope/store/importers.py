@@ -105,13 +105,19 @@ def _read_csv(p: Path) -> pd.DataFrame:
             sep = csv.Sniffer().sniff(sample.split("\n", 1)[0] + "\n", delimiters=",\t;| ").delimiter
         except csv.Error:
             sep = ","
-    try:
-        df = pd.read_csv(
-            io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, skipinitialspace=True,
-            on_bad_lines="skip", engine="python",
-        )
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, ValueError) as e:
-        raise TrainscopeError(f"{p}: unreadable CSV ({e})") from None
+    df = None
+    for engine in ("c", "python"):  # the C parser is fast; the python one copes with odder files
+        try:
+            df = pd.read_csv(
+                io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, skipinitialspace=True,
+                on_bad_lines="skip", engine=engine,
+            )
+            break
+        except pd.errors.EmptyDataError:
+            raise TrainscopeError(f"{p}: no data rows") from None
+        except (pd.errors.ParserError, ValueError) as e:
+            if engine == "python":
+                raise TrainscopeError(f"{p}: unreadable CSV ({e})") from None
     if df.empty or len(df.columns) < 1:
         raise TrainscopeError(f"{p}: no data rows")
     return df
