@@ -165,3 +165,53 @@ def test_console_script_end_to_end(streamrec):
     assert ok.returncode == 1 and "TS103 warning overfitting" in ok.stdout
     bad = subprocess.run(cmd + ["diagnose", str(streamrec) + ".missing"], capture_output=True, text=True)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr and bad.stderr.count("\n") == 1
+
+
+def test_other_packages_commands_are_mounted_and_a_broken_one_is_skipped(monkeypatch):
+    import importlib.util
+    import types
+
+    import typer
+
+    import trainscope.cli as cli
+
+    names = {c.name or c.callback.__name__ for c in cli.app.registered_commands}
+    if importlib.util.find_spec("trainscope.report.commands"):
+        assert "report" in names
+    broken = types.ModuleType("trainscope.broken_ext")
+
+    def register(app: typer.Typer) -> None:
+        raise RuntimeError("bug in an extension")
+
+    broken.register = register
+    monkeypatch.setitem(sys.modules, "trainscope.broken_ext", broken)
+    monkeypatch.setattr(cli, "EXTENSIONS", ("trainscope.broken_ext", "trainscope.not_there.commands"))
+    monkeypatch.setattr(cli, "MOUNT_ERRORS", {})
+    cli._mount_extensions()
+    assert list(cli.MOUNT_ERRORS) == ["trainscope.broken_ext"]  # recorded; a missing module is silent
+    assert invoke("rules").exit_code == 0
+
+
+def test_main_turns_a_trainscope_error_from_any_command_into_exit_2(monkeypatch, capsys):
+    import typer
+
+    import trainscope.cli as cli
+    from trainscope.errors import TrainscopeError
+
+    app = typer.Typer()
+
+    @app.command()
+    def explode() -> None:
+        raise TrainscopeError("bad preset 'x'; valid presets: a, b")
+
+    @app.command()
+    def other() -> None:
+        pass
+
+    monkeypatch.setattr(cli, "app", app)
+    monkeypatch.setattr(sys, "argv", ["trainscope", "explode"])
+    with pytest.raises(SystemExit) as e:
+        cli.main()
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert err == "trainscope: error: bad preset 'x'; valid presets: a, b\n"

@@ -175,7 +175,7 @@ def _mount_extensions() -> None:
             mod = importlib.import_module(modname)
             mod.register(app)
         except ModuleNotFoundError as e:
-            if e.name != modname:
+            if not (e.name and (modname == e.name or modname.startswith(e.name + "."))):  # not installed: silent
                 MOUNT_ERRORS[modname] = f"{type(e).__name__}: {e}"
         except Exception as e:  # noqa: BLE001 - another package's bug must not break `diagnose`
             MOUNT_ERRORS[modname] = f"{type(e).__name__}: {e}"
