@@ -25,7 +25,8 @@ def _ratios(ctx: Context, min_steps: int | None = None) -> tuple[pd.Series, pd.D
     u = layer_rows(ctx.run, "update")
     u = u[u["module_type"].map(is_compute)]
     table = pivot(u, "ratio")
-    table = table.where(table > 0)  # an exact 0 is a frozen layer: another problem
+    # an exact 0 is a frozen layer (another problem); inf is a zero-initialized weight's first step
+    table = table.where(table > 0).replace([np.inf, -np.inf], np.nan)
     per_step = table.median(axis=1, skipna=True).dropna()
     per_step = per_step[np.isfinite(per_step)]
     need = int(ctx.p("min_steps")) if min_steps is None else min_steps
