@@ -287,6 +287,7 @@ def marks_for(finding: Finding, anchor: str) -> list[Mark]:
     as long as its evidence names steps and epochs this way.
     """
     marks: list[Mark] = []
+    sev = Severity(finding.severity)  # tolerate a plain "error" string
     ev = finding.evidence_dict
     for key, val in ev.items():
         k = key.lower()
@@ -297,9 +298,9 @@ def marks_for(finding: Finding, anchor: str) -> list[Mark]:
         if k.endswith(("per_step", "per_epoch")):  # rates and counts, not positions
             continue
         if k == "step" or k.endswith("_step"):
-            marks.append(Mark(anchor, finding.name, finding.severity, label, steps=(num,)))
+            marks.append(Mark(anchor, finding.name, sev, label, steps=(num,)))
         elif k == "epoch" or k.endswith("_epoch"):
-            marks.append(Mark(anchor, finding.name, finding.severity, label, epochs=(num,)))
+            marks.append(Mark(anchor, finding.name, sev, label, epochs=(num,)))
     layers = list(finding.layers)
     v = ev.get("layer")  # first_layer/last_layer of a ratio are context, not the culprit
     if isinstance(v, str) and v and v != "None" and v not in layers:
@@ -308,7 +309,7 @@ def marks_for(finding: Finding, anchor: str) -> list[Mark]:
     if finding.steps is not None and finding.steps[1] > finding.steps[0]:
         rng = (float(finding.steps[0]), float(finding.steps[1]))
     if layers or rng or not marks:
-        marks.append(Mark(anchor, finding.name, finding.severity, f"{finding.name}", step_range=rng,
+        marks.append(Mark(anchor, finding.name, sev, f"{finding.name}", step_range=rng,
                           layers=tuple(layers)))
     return marks
 
