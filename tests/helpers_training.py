@@ -579,16 +579,27 @@ def scenario(name: str) -> "trainscope.store.run.Run":
     return _CACHE[name]
 
 
+_FINDINGS: dict[tuple, dict] = {}
+
+
 def findings(run: "trainscope.store.run.Run", select: list[str] | None = None,
              settings: dict | None = None) -> dict:
-    """{rule name: first finding} from the engine (a crashed detector fails the test)."""
+    """{rule name: first finding} from the engine (a crashed detector fails the test).
+
+    Diagnoses of cached scenarios are cached too (keyed by run directory and selection)."""
     from trainscope.rules.engine import diagnose_report
 
+    key = (str(run.path), tuple(select or ()))
+    cacheable = settings is None and _CACHE.get(Path(run.path).name) is run
+    if cacheable and key in _FINDINGS:
+        return dict(_FINDINGS[key])
     report = diagnose_report(run, select=select, settings=settings)
     assert not report.crashed, [(c.name, c.error) for c in report.crashed]
     out: dict = {}
     for f in report.findings:
         out.setdefault(f.name, f)
+    if cacheable:
+        _FINDINGS[key] = dict(out)
     return out
 
 
