@@ -168,3 +168,60 @@ def test_name_normalisation():
 def test_streamrec_fixture_roundtrip():
     run = import_log(DATA / "streamrec_baseline.csv")
     assert run.scalar("val_loss").idxmin() == 13 and run.scalar("val_loss").min() == pytest.approx(0.562)
+
+
+# ----------------------------------------------------------------------------- real runs, exported
+def _export(run, folder: Path) -> dict[str, Path]:
+    """The same real run written as the logs other tools produce."""
+    import pandas as pd
+
+    s = run.scalars
+    train_rows = s[s["name"] == "train_loss"]
+    val_rows = s[s["name"] == "val_loss"]
+    out: dict[str, Path] = {}
+    # Lightning CSVLogger: per-step train rows and per-epoch val rows, empty cells elsewhere
+    lines = ["epoch,step,train_loss_step,val_loss"]
+    for _, r in pd.concat([train_rows, val_rows]).sort_values(["step", "name"], kind="stable").iterrows():
+        cells = (f"{r['value']}," if r["name"] == "train_loss" else f",{r['value']}")
+        lines.append(f"{int(r['epoch']) - 1},{r['step']},{cells}")
+    out["lightning"] = folder / "metrics.csv"
+    out["lightning"].write_text("\n".join(lines))
+    # Keras CSVLogger: one row per epoch (mean train loss), 0-based epochs
+    per_epoch = train_rows.groupby("epoch")["value"].mean()
+    vals = val_rows.set_index("epoch")["value"]
+    out["keras"] = folder / "keras.csv"
+    out["keras"].write_text("epoch,loss,val_loss\n" + "\n".join(
+        f"{int(e) - 1},{per_epoch[e]},{vals[e]}" for e in per_epoch.index))
+    # JSON lines, one record per log call
+    out["jsonl"] = folder / "history.jsonl"
+    out["jsonl"].write_text("\n".join(json.dumps({"step": int(r["step"]), r["name"]: r["value"]})
+                                      for _, r in pd.concat([train_rows, val_rows]).sort_values("step", kind="stable").iterrows()))
+    # TensorBoard through torch's SummaryWriter
+    from torch.utils.tensorboard import SummaryWriter
+
+    with SummaryWriter(str(folder / "tb")) as w:
+        for _, r in pd.concat([train_rows, val_rows]).sort_values("step", kind="stable").iterrows():
+            w.add_scalar("loss/train" if r["name"] == "train_loss" else "loss/val", r["value"], int(r["step"]))
+    out["tensorboard"] = folder / "tb"
+    return out
+
+
+def test_loss_rules_agree_on_a_real_run_and_its_exported_logs(tmp_path):
+    pytest.importorskip("tensorboard")
+    from helpers_training import mlp, teacher_task, train
+
+    run = train(tmp_path / "run", mlp(hidden=256, depth=3), teacher_task(n=64, label_noise=0.3), epochs=40,
+                batch_size=16)
+    probe = {f.name: f for f in diagnose_report(run, select=["TS1"]).findings}
+    assert {"overfitting", "no-early-stopping"} <= set(probe)
+    best = probe["overfitting"].evidence_dict["best_epoch"]  # 1-based, as the loop logged it
+    for kind, path in _export(run, tmp_path).items():
+        imported = import_log(path)
+        found = {f.name: f for f in diagnose_report(imported, select=["TS1"]).findings}
+        assert {"overfitting", "no-early-stopping"} <= set(found), (kind, sorted(found))
+        report = diagnose_report(imported)
+        assert not report.crashed, (kind, report.crashed)
+        if kind in ("lightning", "keras"):  # these logs carry the (0-based) epoch
+            assert found["overfitting"].evidence_dict["best_epoch"] == best - 1, kind
+        layer_rules = [s for s in report.skipped if s.reason == "no layer statistics"]
+        assert layer_rules, kind  # rules that need layer statistics say so instead of guessing

@@ -257,3 +257,15 @@ def test_labelled_loss_runs_confusion_table(tmp_path):
     missed = sum(c["missed"] for c in table.values())
     false_alarms = sum(c["false_alarm"] for c in table.values())
     assert detected / (detected + missed) >= 0.9 and false_alarms <= 3, (table, notes)
+
+
+@pytest.mark.parametrize("logging", [{"log_every_step": False}, {"log_epoch": False}])
+def test_other_logging_styles(tmp_path, logging):
+    """Epoch-mean-only training loss (Keras style), or no epoch told to the probe at all."""
+    over = train(tmp_path / "over", mlp(hidden=256, depth=3), teacher_task(n=64, label_noise=0.3), epochs=40,
+                 batch_size=16, **logging)
+    assert {"overfitting", "no-early-stopping"} <= set(names(over))
+    healthy = train(tmp_path / "ok", mlp(), teacher_task(n=4096), epochs=8, **logging)
+    assert names(healthy) == {}
+    flat = train(tmp_path / "flat", mlp(), teacher_task(n=2048), epochs=6, optimizer="sgd", lr=1e-7, **logging)
+    assert "loss-not-decreasing" in names(flat)
