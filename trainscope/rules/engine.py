@@ -32,6 +32,7 @@ from trainscope.rules.catalogue import CatalogueRule, load_catalogue
 from trainscope.rules.config import load_config, merge_settings
 from trainscope.rules.finding import Finding, Severity
 from trainscope.rules.registry import DETECTORS, Context, NotApplicable
+from trainscope.rules.signals import has_validation
 from trainscope.store.run import Run
 
 # causes before symptoms, by the code's family digit (TS<digit>xx)
@@ -170,9 +171,7 @@ def missing_need(run: Run, needs: Iterable[str]) -> str | None:
     for need in needs:
         if need == "scalars" and run.scalars.empty:
             return NEED_REASONS[need]
-        if need == "validation" and not any(
-            str(n).startswith(("val_", "val/", "valid", "validation")) for n in run.scalar_names()
-        ):
+        if need == "validation" and not has_validation(run):
             return NEED_REASONS[need]
         if need == "layers" and run.layers.empty:
             return NEED_REASONS[need]
