@@ -372,3 +372,39 @@ def test_compiled_model_is_not_broken(tmp_path):
     assert run.meta["compiled"] is True and run.meta["steps"] == 3
     assert len(run.scalar("train_loss")) == 3
     assert not run.layers[run.layers.kind == "grad"].empty
+
+
+def test_every_layer_kind_with_parameters_is_recorded(tmp_path):
+    """Embedding, LSTM, attention (in_proj_weight lives on MultiheadAttention itself), LayerNorm, Linear."""
+
+    class Net(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.emb = nn.Embedding(30, 16)
+            self.lstm = nn.LSTM(16, 16, batch_first=True)
+            self.attn = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+            self.head = nn.Linear(16, 3)
+
+        def forward(self, x):
+            h, _ = self.lstm(self.emb(x))
+            return self.head(self.attn(h).mean(dim=1))
+
+    torch.manual_seed(0)
+    model = Net()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = torch.randint(0, 30, (8, 5)), torch.randint(0, 3, (8,))
+    with trainscope.watch(model, tmp_path / "r", optimizer=opt, criterion=nn.CrossEntropyLoss()):
+        for _ in range(2):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    run = trainscope.load_run(tmp_path / "r")
+    grads = run.layers[run.layers.kind == "grad"]
+    expected = {"emb", "lstm", "attn.self_attn", "attn.self_attn.out_proj", "attn.linear1", "attn.norm1", "head"}
+    assert expected <= set(grads.layer)
+    lstm = grads[(grads.layer == "lstm") & (grads.step == 0)].iloc[0]
+    want = torch.cat([p.grad.flatten() for p in model.lstm.parameters()])  # grads of the last step are
+    assert lstm["numel"] == want.numel()  # still there: same tensors, so at least the size must agree
+    acts = run.layers[run.layers.kind == "activation"]
+    assert {"emb", "lstm", "head"} <= set(acts.layer)
+    assert run.events_of("input_scale").empty  # integer token ids: no feature scale to speak of
