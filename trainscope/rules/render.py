@@ -25,7 +25,8 @@ def summary_line(findings: list[Finding], skipped: list[Any] = (), crashed: list
     """"3 findings: 1 error, 2 warnings; 2 rules could not run (no layer statistics)"."""
     if findings:
         counts = Counter(f.severity for f in findings)
-        parts = [_plural(counts[s], s.value) for s in Severity if counts[s]]
+        parts = [_plural(counts[s], s.value) if s is not Severity.INFO else f"{counts[s]} info"
+                 for s in Severity if counts[s]]
         line = f"{_plural(len(findings), 'finding')}: {', '.join(parts)}"
     else:
         line = "no findings"

@@ -193,7 +193,8 @@ def _val_noise(v: np.ndarray) -> float:
 def _eval(ctx: Context, min_evals: int):
     e = eval_curve(ctx.run, VAL_LOSS_NAMES)
     if e is None:
-        raise NotApplicable("no validation loss logged")
+        logged = first_series(ctx.run, VAL_LOSS_NAMES) is not None
+        raise NotApplicable("no finite validation loss" if logged else "no validation loss logged")
     if len(e) < min_evals:
         raise NotApplicable(f"only {len(e)} validation points (needs {min_evals})")
     return e
