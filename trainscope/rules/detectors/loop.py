@@ -401,8 +401,12 @@ def initial_loss_mismatch(ctx: Context) -> Iterator[Finding]:
     d = detail(ev.iloc[0]) if not ev.empty else {}
     crit = crit or str(d.get("criterion") or "")
     n = ctx.run.meta.get("num_classes") or d.get("num_classes")
+    try:
+        n = int(n) if n is not None else None
+    except (TypeError, ValueError):
+        n = None
     if crit in ("BCEWithLogitsLoss", "BCELoss"):
-        n = n if n and int(n) > 1 else 2  # per output: two outcomes
+        n = n if n and n > 1 else 2  # per output: two outcomes
     if crit not in CE_LOSSES + NLL_LOSSES + ("BCEWithLogitsLoss", "BCELoss"):
         raise NotApplicable(f"criterion {crit or 'unknown'} has no chance-level initial loss")
     if not n or int(n) < 2:
