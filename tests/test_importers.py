@@ -89,6 +89,17 @@ def test_jsonl_history_with_truncated_last_line(tmp_path):
     assert run.source == "jsonl" and len(run.scalar("val_loss")) == 6
 
 
+def test_jsonl_train_and_val_in_separate_records(tmp_path):
+    lines = []
+    for step in range(1, 101):
+        lines.append(json.dumps({"step": step, "loss": 1 / step}))
+        if step % 20 == 0:
+            lines.append(json.dumps({"step": step, "val_loss": 1.2 / step, "val_acc": None}))
+    run = import_log(write(tmp_path / "log.jsonl", "\n".join(lines)))
+    assert run.scalar("train_loss").notna().all() and len(run.scalar("train_loss")) == 100
+    assert len(run.scalar("val_loss")) == 5 and "val_acc" not in run.scalar_names()
+
+
 def test_keras_history_json_dict(tmp_path):
     hist = {"loss": [1.0, 0.8, 0.7], "val_loss": [1.1, 0.9, 0.95], "lr": [0.001] * 3}
     run = import_log(write(tmp_path / "history.json", json.dumps(hist)))
@@ -219,9 +230,34 @@ def test_loss_rules_agree_on_a_real_run_and_its_exported_logs(tmp_path):
         imported = import_log(path)
         found = {f.name: f for f in diagnose_report(imported, select=["TS1"]).findings}
         assert {"overfitting", "no-early-stopping"} <= set(found), (kind, sorted(found))
+        assert "divergence" not in found, kind  # empty cells / missing keys are not NaN losses
         report = diagnose_report(imported)
         assert not report.crashed, (kind, report.crashed)
         if kind in ("lightning", "keras"):  # these logs carry the (0-based) epoch
             assert found["overfitting"].evidence_dict["best_epoch"] == best - 1, kind
         layer_rules = [s for s in report.skipped if s.reason == "no layer statistics"]
         assert layer_rules, kind  # rules that need layer statistics say so instead of guessing
+
+
+def test_hugging_face_trainer_state_json(tmp_path):
+    history = []
+    for step in range(10, 310, 10):
+        history.append({"loss": 2.0 / (1 + step / 100), "learning_rate": 5e-5, "grad_norm": 1.2,
+                        "epoch": step / 100, "step": step})
+        if step % 100 == 0:
+            history.append({"eval_loss": 2.1 / (1 + step / 120), "eval_accuracy": 0.6, "epoch": step / 100,
+                            "step": step})
+    history.append({"train_runtime": 12.3, "train_loss": 1.1, "epoch": 3.0, "step": 300})  # the summary record
+    state = {"best_metric": None, "global_step": 300, "log_history": history}
+    run = import_log(write(tmp_path / "trainer_state.json", json.dumps(state)))
+    assert len(run.scalar("val_loss")) == 3 and "val_acc" in run.scalar_names() and "lr/0" in run.scalar_names()
+    assert run.scalar("train_loss").index.max() == 300
+
+
+def test_wandb_history_export(tmp_path):
+    lines = ["_step,_runtime,_timestamp,train/loss,val/loss"]
+    lines += [f"{i},{i * 0.1},{1.7e9 + i},{1 / (1 + i / 50):.4f},{'' if i % 50 else f'{1.1 / (1 + i / 60):.4f}'}"
+              for i in range(300)]
+    run = import_log(write(tmp_path / "wandb_export.csv", "\n".join(lines)))
+    assert set(run.scalar_names()) == {"train_loss", "val_loss"}
+    assert len(run.scalar("val_loss")) == 6

@@ -26,9 +26,10 @@ from trainscope.store.run import Run, empty_frame
 
 CSV_SUFFIXES = (".csv", ".tsv", ".txt")
 JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
-STEP_COLUMNS = ("step", "global_step", "trainer/global_step", "iteration", "iter", "it", "steps", "batch")
+STEP_COLUMNS = ("step", "global_step", "trainer/global_step", "_step", "iteration", "iter", "it", "steps", "batch")
 EPOCH_COLUMNS = ("epoch", "epochs")
-NON_METRICS = ("time", "timestamp", "wall_time", "walltime", "datetime", "date", "created_at")
+NON_METRICS = ("time", "timestamp", "wall_time", "walltime", "datetime", "date", "created_at", "_runtime",
+               "_timestamp", "runtime", "total_flos", "train_runtime")
 VAL_TOKENS = {"val", "valid", "validation", "eval", "dev"}
 NEUTRAL_TOKENS = {"train", "training", "step", "epoch"}
 ACC_TOKENS = {"acc", "accuracy"}
@@ -132,7 +133,10 @@ def _read_json(p: Path) -> pd.DataFrame:
             obj = json.loads(text)
         except ValueError:
             obj = None
-        if isinstance(obj, dict) and obj and all(isinstance(v, list) for v in obj.values()):
+        if isinstance(obj, dict) and isinstance(obj.get("log_history"), list):
+            # Hugging Face Trainer's trainer_state.json: train and eval records interleaved
+            records = [r for r in obj["log_history"] if isinstance(r, dict)]
+        elif isinstance(obj, dict) and obj and all(isinstance(v, list) for v in obj.values()):
             # a Keras History.history dict: {"loss": [...], "val_loss": [...]}
             n = max(len(v) for v in obj.values())
             records = [{k: (v[i] if i < len(v) else None) for k, v in obj.items()} for i in range(n)]
@@ -154,11 +158,10 @@ def _read_json(p: Path) -> pd.DataFrame:
                 records.append(r)
         if not records:
             raise TrainscopeError(f"{p}: no JSON objects found (expected one JSON object per line)")
-    flat = [{k: v for k, v in _flatten(r).items()} for r in records]
-    df = pd.DataFrame(flat)
-    return df.map(lambda v: "" if v is None else str(v)) if hasattr(df, "map") else df.applymap(
-        lambda v: "" if v is None else str(v)
-    )
+    # strings like a CSV: a JSON null or a key missing from a record is an empty cell ("not logged
+    # here"), a JSON NaN/Infinity is the string nan/inf (a real value)
+    flat = [{k: ("" if v is None else str(v)) for k, v in _flatten(r).items()} for r in records]
+    return pd.DataFrame(flat).fillna("")
 
 
 def _flatten(r: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -200,8 +203,8 @@ def _column_map(columns: Iterable[str], counts: dict[str, int]) -> dict[str, str
     for target, sources in wanted.items():
         sources = sorted(sources, key=lambda c: (-counts.get(c, 0), c != target))
         out[sources[0]] = target
-        for c in sources[1:]:
-            out[c] = c.strip()
+        for c in sources[1:]:  # the others keep their own name (made unique if it is the target's)
+            out[c] = c.strip() if c.strip() != target else f"{target}_other"
     return out
 
 
