@@ -210,8 +210,14 @@ def adam_l2_weight_decay(ctx: Context) -> Iterator[Finding]:
     defaults = opt.get("defaults") or {}
     if defaults.get("decoupled_weight_decay"):
         return  # Adam(decoupled_weight_decay=True) is AdamW
-    wds = [float(g.get("weight_decay") or 0) for g in opt.get("param_groups") or []] or [
-        float(defaults.get("weight_decay") or 0)]
+    def as_float(v: Any) -> float:
+        try:
+            return float(v or 0)
+        except (TypeError, ValueError):
+            return 0.0
+
+    wds = [as_float(g.get("weight_decay")) for g in opt.get("param_groups") or []] or [
+        as_float(defaults.get("weight_decay"))]
     wd = max(wds)
     if wd <= 0:
         return
