@@ -104,3 +104,17 @@ def test_every_sample_run_renders(tmp_path: Path) -> None:
                 problems.append(f"{path.name}: ready={res.ready} drawn {res.rendered}/{res.figures} "
                                 f"errors={res.console_errors} requests={res.network_requests}")
     assert not problems, "\n".join(problems)
+
+
+def test_the_checker_sees_errors_requests_and_dialogs(tmp_path: Path) -> None:
+    """The browser checks above can fail: a page that errs, fetches and alerts is caught."""
+    page = tmp_path / "bad.html"
+    page.write_text(
+        "<html><body><div class='ts-figure'></div><script>"
+        "console.error('boom'); fetch('http://example.invalid/x').catch(() => {}); alert('xss');"
+        "window.__trainscopeReady = true;</script></body></html>")
+    res = open_report(page)
+    assert any("boom" in e for e in res.console_errors)
+    assert res.network_requests == ["http://example.invalid/x"]
+    assert res.dialogs == ["xss"]
+    assert res.figures == 1 and res.rendered == 0  # a div plotly never drew does not count
