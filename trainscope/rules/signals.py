@@ -149,7 +149,8 @@ def n_epochs(run: Run) -> int | None:
     """Number of distinct epochs seen in the scalars (None if epochs were never logged)."""
     e = run.scalars["epoch"].to_numpy(dtype=float) if "epoch" in run.scalars else np.array([])
     e = e[np.isfinite(e)]
-    return int(len(np.unique(e))) if len(e) else None
+    # fractional epochs (Hugging Face logs 0.1, 0.2, ...) count the epochs they fall in
+    return int(len(np.unique(np.ceil(e)))) if len(e) else None
 
 
 def lr_value(run: Run) -> float | None:
