@@ -22,7 +22,7 @@ import pandas as pd
 
 from trainscope.errors import TrainscopeError
 from trainscope.store import schema
-from trainscope.store.run import Run, empty_frame
+from trainscope.store.run import Run
 
 CSV_SUFFIXES = (".csv", ".tsv", ".txt")
 JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
