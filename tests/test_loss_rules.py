@@ -269,3 +269,19 @@ def test_other_logging_styles(tmp_path, logging):
     assert names(healthy) == {}
     flat = train(tmp_path / "flat", mlp(), teacher_task(n=2048), epochs=6, optimizer="sgd", lr=1e-7, **logging)
     assert "loss-not-decreasing" in names(flat)
+
+
+def test_validation_every_n_steps_is_reported_per_evaluation(tmp_path):
+    """Validation logged without epochs: findings speak of evaluations and their steps."""
+    steps = list(range(0, 3000, 10))
+    train_loss = [2.0 / (1 + s / 300) for s in steps]
+    val_steps = list(range(199, 3000, 200))
+    val_loss = [1.0 + abs(s - 1000) / 2000 for s in val_steps]  # lowest at step 999
+    rows = [(s, f"{s},{v},") for s, v in zip(steps, train_loss)] + [(s, f"{s},,{v}") for s, v in zip(val_steps, val_loss)]
+    lines = ["step,loss,val_loss"] + [line for _, line in sorted(rows, key=lambda r: r[0])]
+    p = tmp_path / "log.csv"
+    p.write_text("\n".join(lines))
+    found = names(import_log(p))
+    assert "overfitting" in found and "no-early-stopping" in found
+    assert found["overfitting"].fixes[0].startswith("Keep the checkpoint from evaluation 5 (step 999)")
+    assert "evaluation" in found["no-early-stopping"].message

@@ -204,6 +204,11 @@ def _epoch_word(e) -> str:
     return "epoch" if e.per_epoch else "evaluation"
 
 
+def _at(e, i: int) -> str:
+    """'epoch 13', or 'evaluation 7 (step 700)' when validation is not per epoch."""
+    return f"epoch {e.label(i)}" if e.per_epoch else f"evaluation {e.label(i)} (step {int(e.steps[i])})"
+
+
 @detector("overfitting")
 def overfitting(ctx: Context) -> list[Finding]:
     e = _eval(ctx, ctx.p("min_evals"))
@@ -249,7 +254,7 @@ def overfitting(ctx: Context) -> list[Finding]:
                 "val_rise": val_rise,
                 "relative_gap": rel_gap,
             },
-            fix_values=_common_fix_values(ctx.run),
+            fix_values={**_common_fix_values(ctx.run), "best_at": _at(e, b)},
         )
     ]
 
@@ -299,7 +304,7 @@ def no_early_stopping(ctx: Context) -> list[Finding]:
                 "patience": patience,
                 "stop_epoch": e.label(stop),
             },
-            fix_values=_common_fix_values(ctx.run),
+            fix_values={**_common_fix_values(ctx.run), "best_at": _at(e, b), "stop_at": _at(e, stop)},
         )
     ]
 
