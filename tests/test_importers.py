@@ -64,6 +64,16 @@ def test_tsv_nan_strings_gaps_and_restart(tmp_path):
     assert report.findings and report.findings[0].evidence_dict["first_nonfinite_step"] == 400
 
 
+def test_validation_rows_written_after_the_epochs_training_rows_are_not_a_restart(tmp_path):
+    # some loggers flush an epoch's validation row after training rows of later steps
+    lines = ["step,train_loss,val_loss"]
+    for epoch in range(5):
+        lines += [f"{epoch * 100 + s},{1 / (1 + epoch + s / 100):.4f}," for s in range(0, 100, 10)]
+        lines.append(f"{epoch * 100 + 50},,{1.1 / (1 + epoch):.4f}")  # mid-epoch eval, written late
+    run = import_log(write(tmp_path / "late_val.csv", "\n".join(lines)))
+    assert len(run.scalar("train_loss")) == 50 and len(run.scalar("val_loss")) == 5
+
+
 def test_semicolon_csv_and_keep_unknown_metrics(tmp_path):
     lines = ["iteration;training_loss;my_metric;note"] + [f"{i};{1 / (i + 1)};{i * 2};ok" for i in range(50)]
     run = import_log(write(tmp_path / "m.csv", "\n".join(lines)))

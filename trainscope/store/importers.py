@@ -255,8 +255,6 @@ def _import_table(p: Path, df: pd.DataFrame, source: str, name: str | None = Non
     df, step, epoch = df[ok], step[ok].astype("int64"), epoch[ok]
     if df.empty:
         raise TrainscopeError(f"{p}: no rows with a usable step or epoch")
-    keep = _drop_restarts(step.to_numpy())
-    df, step, epoch = df[keep], step[keep], epoch[keep]
 
     skip = {step_col, epoch_col} | {c for c in df.columns if c.lower() in NON_METRICS}
     metric_cols: dict[str, tuple[pd.Series, pd.Series]] = {}
@@ -275,9 +273,13 @@ def _import_table(p: Path, df: pd.DataFrame, source: str, name: str | None = Non
         )
     frames = []
     for c, (values, present) in metric_cols.items():
+        # restarts per metric, in file order: validation rows interleaved with training rows of a
+        # later step are not a restart, a metric logged again at an earlier step is
+        st = step[present].to_numpy()
+        keep = _drop_restarts(st)
         frames.append(pd.DataFrame({
-            "step": step[present].to_numpy(), "name": names[c], "value": values[present].to_numpy(),
-            "epoch": epoch[present].to_numpy(dtype=float),
+            "step": st[keep], "name": names[c], "value": values[present].to_numpy()[keep],
+            "epoch": epoch[present].to_numpy(dtype=float)[keep],
         }))
     scalars = pd.concat(frames, ignore_index=True)
     return _make_run(p, scalars, source, name)
