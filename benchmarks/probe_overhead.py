@@ -1,10 +1,12 @@
 """Probe overhead: watched / plain step time, median of interleaved repeats.
 
     python benchmarks/probe_overhead.py            # CPU (and CUDA when present)
-    python benchmarks/probe_overhead.py --quick    # fewer repeats
+    python benchmarks/probe_overhead.py --quick    # fewer blocks
 
-Prints one row per (model, device, setting): plain ms/step, watched ms/step, ratio.
-"every=50" is the default; "every=1" records every per-layer statistic at every step.
+Prints one row per (model, device, setting): plain ms/step, watched ms/step, the steady-state ratio
+(median over interleaved 100-step blocks) and the ratio over the first 250 steps (start-up: dense
+gradient norms and the early recorded steps). "every=100" is the default; "every=1" records every
+per-layer statistic at every step.
 """
 from __future__ import annotations
 
@@ -48,62 +50,86 @@ def transformer() -> tuple[nn.Module, torch.Tensor, torch.Tensor, nn.Module]:
     return TinyTransformer(), torch.randint(0, 1000, (32, 64)), torch.randint(0, 10, (32,)), nn.CrossEntropyLoss()
 
 
-def time_steps(factory, device: str, watch_kwargs: dict | None, steps: int, warmup: int = 5) -> float:
-    torch.manual_seed(0)
-    model, x, y, crit = factory()
-    model, x, y = model.to(device), x.to(device), y.to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    probe = None
-    tmp = tempfile.TemporaryDirectory()
-    if watch_kwargs is not None:
-        probe = trainscope.watch(model, tmp.name, optimizer=opt, criterion=crit, **watch_kwargs)
+class Loop:
+    """A model, its optimizer and (optionally) a probe, stepping the same batch."""
 
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        loss = crit(model(x), y)
-        loss.backward()
-        opt.step()
-        if probe is not None:
-            probe.log(train_loss=loss)
+    def __init__(self, factory, device: str, watch_kwargs: dict | None) -> None:
+        torch.manual_seed(0)
+        model, x, y, self.crit = factory()
+        self.model, self.x, self.y = model.to(device), x.to(device), y.to(device)
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=1e-3)
+        self.device = device
+        self.tmp = tempfile.TemporaryDirectory()
+        self.probe = None
+        if watch_kwargs is not None:
+            self.probe = trainscope.watch(self.model, self.tmp.name, optimizer=self.opt, criterion=self.crit,
+                                          **watch_kwargs)
 
-    for _ in range(warmup):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device == "cuda":
-        torch.cuda.synchronize()
-    elapsed = (time.perf_counter() - t) / steps
-    if probe is not None:
-        probe.close()
-    tmp.cleanup()
-    return elapsed
+    def run(self, steps: int) -> float:
+        """Seconds per step over `steps` steps."""
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        for _ in range(steps):
+            self.opt.zero_grad(set_to_none=True)
+            loss = self.crit(self.model(self.x), self.y)
+            loss.backward()
+            self.opt.step()
+            if self.probe is not None:
+                self.probe.log(train_loss=loss)
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+        return (time.perf_counter() - t) / steps
+
+    def close(self) -> None:
+        if self.probe is not None:
+            self.probe.close()
+        self.tmp.cleanup()
+
+
+def measure(factory, device: str, watch_kwargs: dict, blocks: int, block: int = 100,
+            startup: int = 250) -> tuple[float, float, float, float]:
+    """(plain s/step, watched s/step, median block ratio, start-up ratio).
+
+    The first `startup` steps (dense grad norms, the early recorded steps 0, 1, 2, 4, ...) are timed
+    once on their own; then blocks of `block` steps (one recorded step each at the default every=100) alternate
+    between the plain and the watched loop, and the ratio is the median over block pairs."""
+    plain, watched = Loop(factory, device, None), Loop(factory, device, watch_kwargs)
+    plain.run(3)
+    watched.run(3)  # both warm (allocator, first-forward tracing)
+    start_ratio = watched.run(startup) / plain.run(startup)
+    p_times, w_times, ratios = [], [], []
+    for _ in range(blocks):
+        p = plain.run(block)
+        w = watched.run(block)
+        p_times.append(p)
+        w_times.append(w)
+        ratios.append(w / p)
+    plain.close()
+    watched.close()
+    return statistics.median(p_times), statistics.median(w_times), statistics.median(ratios), start_ratio
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--repeats", type=int, default=None)
+    ap.add_argument("--blocks", type=int, default=None)
     args = ap.parse_args()
-    repeats = args.repeats or (3 if args.quick else 7)
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-    settings = {"default (every=50)": {}, "every=1": {"every": 1}}
-    models = {"mlp": (mlp, 200), "cnn": (cnn, 30), "transformer": (transformer, 30)}
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, repeats {repeats} (interleaved, median)")
-    print(f"{'model':12s} {'device':6s} {'setting':20s} {'plain ms':>9s} {'watched ms':>11s} {'ratio':>7s}")
+    settings = {"default (every=100)": {}, "every=1": {"every": 1}}
+    models = {"mlp": (mlp, 15), "cnn": (cnn, 9), "transformer": (transformer, 5)}
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; steady state: median over interleaved "
+          f"100-step blocks; start-up: the first 250 steps")
+    print(f"{'model':12s} {'device':6s} {'setting':20s} {'plain ms':>9s} {'watched ms':>11s} {'ratio':>7s} "
+          f"{'start-up ratio':>15s}")
     for device in devices:
-        for mname, (factory, steps) in models.items():
-            if device == "cuda":
-                steps *= 5
+        for mname, (factory, blocks) in models.items():
+            if args.blocks or args.quick:
+                blocks = args.blocks or 3
             for sname, kw in settings.items():
-                plain, watched = [], []
-                for _ in range(repeats):  # interleave so drift hits both equally
-                    plain.append(time_steps(factory, device, None, steps))
-                    watched.append(time_steps(factory, device, kw, steps))
-                p, w = statistics.median(plain), statistics.median(watched)
-                print(f"{mname:12s} {device:6s} {sname:20s} {p * 1e3:9.3f} {w * 1e3:11.3f} {w / p:7.3f}", flush=True)
+                p, w, ratio, start = measure(factory, device, kw, blocks, startup=50 if args.quick else 250)
+                print(f"{mname:12s} {device:6s} {sname:20s} {p * 1e3:9.3f} {w * 1e3:11.3f} {ratio:7.3f} {start:15.3f}",
+                      flush=True)
 
 
 if __name__ == "__main__":

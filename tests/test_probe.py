@@ -130,7 +130,7 @@ def test_failing_hook_disables_itself_and_training_goes_on(tmp_path, monkeypatch
     def broken(*a, **k):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(st, "activation_stats", broken)
+    monkeypatch.setattr(st, "raw_activation", broken)
     torch.manual_seed(7)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")

@@ -1,18 +1,22 @@
-"""Tensor statistics, reduced on the tensor's device into one small vector.
+"""Tensor statistics: raw moment sums on the device, final numbers on the host.
 
-Every function returns a 1-D float32 tensor in the order of `schema.LAYER_STATS`, so a
-recorded step stacks all its vectors and copies them to the host once.
+Inside a training step the probe only launches a handful of reductions per tensor (`sum`, `dot`,
+`aminmax`, `count_nonzero`) and stacks their 0-d results into one small *raw* vector; every raw
+vector of a flush is concatenated and copied to the host once, where numpy turns them into the
+statistics of `schema.LAYER_STATS`. Scalar arithmetic on the device would cost a kernel launch
+(several microseconds on CPU) per operation; on the host it is free.
 
-Speed matters here (this runs inside training steps): mean and std come from shifted moment sums
-(`sum` and `dot` are single fast passes; `torch.std_mean` is ~60x slower on CPU), a layer's
-tensors are combined from their partial sums instead of being concatenated, and the non-finite
-count is only computed on CPU when the sum of squares says something is non-finite (free to ask
-there; on accelerators it is computed unconditionally to avoid a sync).
+Raw layouts (one row per tensor of a layer; a layer's tensors share one shift so rows add up):
+  moments:    shift, sum x^2, sum (x-c), sum (x-c)^2, min, max, nonzero count, non-finite count
+  activation: moments + units dead for the whole batch, saturated elements
+  update:     sum (after-before)^2, sum before^2
 """
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -21,6 +25,9 @@ from trainscope.store.schema import LAYER_STATS
 N_STATS = len(LAYER_STATS)
 _I = {name: i for i, name in enumerate(LAYER_STATS)}
 NAN = float("nan")
+N_MOMENTS = 8
+N_ACTIVATION = N_MOMENTS + 2
+N_UPDATE = 2
 
 # Bounded activations and how "saturated" is measured on their output.
 SATURATING = {"Sigmoid": "sigmoid", "Tanh": "tanh", "Softmax": "softmax", "Hardsigmoid": "sigmoid",
@@ -29,56 +36,33 @@ SATURATING = {"Sigmoid": "sigmoid", "Tanh": "tanh", "Softmax": "softmax", "Hards
 _CHANNEL_FIRST = ("Conv", "BatchNorm2d", "BatchNorm3d", "Pool", "InstanceNorm", "GroupNorm", "Upsample")
 
 
-def _as_float(t: Tensor) -> Tensor:
-    t = t.detach()
-    return t if t.dtype in (torch.float32, torch.float64) else t.float()
+def _flat_float(t: Tensor) -> Tensor:
+    t = t.detach().reshape(-1)
+    return t if t.dtype == torch.float32 else t.float()
 
 
-def _partials(t: Tensor, shift: Tensor) -> Tensor:
-    """[sum x^2, sum (x-c), sum (x-c)^2, min, max, nonzero count, non-finite count] of one flat tensor."""
-    d = t - shift
+def _moments(t: Tensor, shift: Tensor) -> list[Tensor]:
+    d = t - shift  # the shift keeps the variance exact when |mean| >> std
     sq = t.dot(t)
     lo, hi = torch.aminmax(t)
-    nonzero = torch.count_nonzero(t)
-    if t.device.type == "cpu" and bool(torch.isfinite(sq)):
-        bad = torch.zeros((), dtype=nonzero.dtype)
+    nonzero = torch.count_nonzero(t).to(t.dtype)
+    if t.device.type == "cpu" and math.isfinite(sq.item()):
+        bad = sq * 0.0  # asking is free on CPU: skip the count when everything is finite
     else:
-        bad = torch.count_nonzero(t * 0)  # x*0 is NaN exactly where x is NaN or Inf
-    return torch.stack([sq, d.sum(), d.dot(d), lo, hi, nonzero.to(t.dtype), bad.to(t.dtype)])
+        bad = torch.count_nonzero(t * 0).to(t.dtype)  # x*0 is NaN exactly where x is NaN or Inf
+    return [shift, sq, d.sum(), d.dot(d), lo, hi, nonzero, bad]
 
 
-def basic_stats(tensors: Tensor | Sequence[Tensor]) -> Tensor:
-    """norm, mean, std (unbiased), max_abs, frac_zero, nonfinite, numel over all the given tensors."""
+def raw_moments(tensors: Tensor | Sequence[Tensor]) -> tuple[Tensor, tuple[int, ...]]:
+    """Raw moments of a layer's tensors (k x 8, flattened) and their element counts."""
     if isinstance(tensors, Tensor):
         tensors = [tensors]
-    flats = [_as_float(t).reshape(-1) for t in tensors if t.numel() > 0]
-    device = tensors[0].device if len(tensors) else torch.device("cpu")
-    out = torch.full((N_STATS,), NAN, dtype=torch.float32, device=device)
-    n = sum(t.numel() for t in flats)
-    out[_I["numel"]] = float(n)
-    if n == 0:
-        return out
-    if flats[0].dtype != torch.float32 or any(t.dtype != flats[0].dtype for t in flats):
-        flats = [t.float() for t in flats]
-    shift = flats[0][0]  # any sample near the data's scale keeps the moment sums well conditioned
-    parts = _partials(flats[0], shift) if len(flats) == 1 else None
-    if parts is None:
-        p = torch.stack([_partials(t, shift) for t in flats])
-        parts = torch.stack([p[:, 0].sum(), p[:, 1].sum(), p[:, 2].sum(), p[:, 3].min(), p[:, 4].max(),
-                             p[:, 5].sum(), p[:, 6].sum()])
-    sq, s1, s2, lo, hi, nonzero, bad = parts.unbind()
-    mean_shifted = s1 / n
-    var = (s2 - s1 * mean_shifted) / (n - 1) if n > 1 else s2 * NAN
-    vals = torch.stack([
-        sq.sqrt(),
-        mean_shifted + shift,
-        var.clamp_min(0).sqrt(),
-        torch.maximum(lo.abs(), hi.abs()),
-        1.0 - nonzero / n,
-        bad,
-    ])
-    out[: len(vals)] = vals.float()
-    return out
+    flats = [_flat_float(t) for t in tensors if t.numel() > 0]
+    if not flats:
+        return torch.full((N_MOMENTS,), NAN), (0,)
+    shift = flats[0][0]
+    parts = [v for t in flats for v in _moments(t, shift)]
+    return torch.stack(parts), tuple(t.numel() for t in flats)
 
 
 def unit_dim(out: Tensor, module_type: str) -> int:
@@ -88,38 +72,104 @@ def unit_dim(out: Tensor, module_type: str) -> int:
     return out.dim() - 1
 
 
-def activation_stats(out: Tensor, module_type: str) -> Tensor:
-    """basic_stats plus frac_dead (units <= 0 for the whole batch) and frac_saturated."""
-    x = _as_float(out)
-    vec = basic_stats(x)
-    if x.numel() == 0:
-        return vec
+def raw_activation(out: Tensor, module_type: str) -> tuple[Tensor, int, int]:
+    """Raw moments + dead-unit and saturated counts of a module output; (raw, numel, units)."""
+    x = out.detach()
+    if x.dtype != torch.float32:
+        x = x.float()
     if x.dim() <= 1:
         x = x.reshape(-1, 1)
+    flat = x.reshape(-1)
+    if flat.numel() == 0:
+        return torch.full((N_ACTIVATION,), NAN), 0, 0
+    parts = _moments(flat, flat[0])
     ud = unit_dim(x, module_type)
     others = tuple(d for d in range(x.dim()) if d != ud)
-    vec[_I["frac_dead"]] = (x.amax(dim=others) <= 0).float().mean()
+    parts.append(torch.count_nonzero(x.amax(dim=others) <= 0).to(x.dtype))
     kind = SATURATING.get(module_type)
+    units = x.shape[ud]
     if kind == "sigmoid":
-        vec[_I["frac_saturated"]] = ((x < 0.01) | (x > 0.99)).float().mean()
+        parts.append(torch.count_nonzero((x < 0.01) | (x > 0.99)).to(x.dtype))
     elif kind == "tanh":
-        vec[_I["frac_saturated"]] = (x.abs() > 0.99).float().mean()
-    elif kind == "softmax":
-        vec[_I["frac_saturated"]] = (x.amax(dim=ud) > 0.99).float().mean()
-    return vec
+        parts.append(torch.count_nonzero(x.abs() > 0.99).to(x.dtype))
+    elif kind == "softmax":  # rows whose largest probability is > 0.99
+        parts.append(torch.count_nonzero(x.amax(dim=ud) > 0.99).to(x.dtype))
+        units = -(flat.numel() // units)  # negative: saturation is per row, not per element
+    else:
+        parts.append(flat[0] * NAN)
+    return torch.stack(parts), flat.numel(), units
+
+
+def raw_update(before: Sequence[Tensor], after: Sequence[Tensor]) -> Tensor:
+    """sum (after-before)^2 and sum before^2 over a layer's tensors."""
+    parts = []
+    for b, a in zip(before, after):
+        b, a = _flat_float(b), _flat_float(a)
+        d = a - b
+        parts += [d.dot(d), b.dot(b)]
+    return torch.stack(parts)
+
+
+def finalize_moments(raw: np.ndarray, numels: Sequence[int]) -> list[float]:
+    """LAYER_STATS values from raw moment rows (k x 8) of one layer."""
+    out = [NAN] * N_STATS
+    n = int(sum(numels))
+    out[_I["numel"]] = float(n)
+    if n == 0:
+        return out
+    r = np.asarray(raw, dtype=np.float64).reshape(-1, N_MOMENTS)
+    shift = r[0, 0]
+    sq, s1, s2 = r[:, 1].sum(), r[:, 2].sum(), r[:, 3].sum()
+    lo, hi = r[:, 4].min(), r[:, 5].max()
+    nonzero, bad = r[:, 6].sum(), r[:, 7].sum()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_shifted = s1 / n
+        var = (s2 - s1 * mean_shifted) / (n - 1) if n > 1 else NAN
+        out[_I["norm"]] = float(np.sqrt(sq))
+        out[_I["mean"]] = float(mean_shifted + shift)
+        out[_I["std"]] = float(np.sqrt(max(var, 0.0))) if np.isfinite(var) else float(var)
+        out[_I["max_abs"]] = float(max(abs(lo), abs(hi))) if np.isfinite(lo) and np.isfinite(hi) else NAN
+    out[_I["frac_zero"]] = float(1.0 - nonzero / n)
+    out[_I["nonfinite"]] = float(bad)
+    return out
+
+
+def finalize_activation(raw: np.ndarray, numel: int, units: int) -> list[float]:
+    r = np.asarray(raw, dtype=np.float64).reshape(-1)
+    out = finalize_moments(r[:N_MOMENTS], (numel,))
+    if numel:
+        n_units = abs(units)
+        out[_I["frac_dead"]] = float(r[N_MOMENTS] / n_units) if n_units else NAN
+        sat = r[N_MOMENTS + 1]
+        out[_I["frac_saturated"]] = float(sat / (-units if units < 0 else numel)) if np.isfinite(sat) else NAN
+    return out
+
+
+def finalize_update(raw: np.ndarray, numel: int) -> list[float]:
+    r = np.asarray(raw, dtype=np.float64).reshape(-1, N_UPDATE)
+    d2, w2 = r[:, 0].sum(), r[:, 1].sum()
+    out = [NAN] * N_STATS
+    out[_I["norm"]] = float(np.sqrt(d2))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        out[_I["ratio"]] = float(np.sqrt(d2 / w2))
+    out[_I["numel"]] = float(numel)
+    return out
+
+
+# Convenience forms (one tensor in, final statistics out) for users and tests.
+def basic_stats(tensors: Tensor | Sequence[Tensor]) -> Tensor:
+    raw, numels = raw_moments(tensors)
+    return torch.tensor(finalize_moments(raw.cpu().numpy(), numels))
+
+
+def activation_stats(out: Tensor, module_type: str) -> Tensor:
+    raw, numel, units = raw_activation(out, module_type)
+    return torch.tensor(finalize_activation(raw.cpu().numpy(), numel, units))
 
 
 def update_stats(before: Sequence[Tensor], after: Sequence[Tensor]) -> Tensor:
-    """norm = ||dW||, ratio = ||dW|| / ||W_before|| over a layer's tensors; other slots NaN."""
-    out = torch.full((N_STATS,), NAN, dtype=torch.float32, device=before[0].device)
-    b = [_as_float(t) for t in before]
-    a = [_as_float(t) for t in after]
-    d2 = torch.stack([(x - y).pow(2).sum() for x, y in zip(a, b)]).sum()
-    w2 = torch.stack([y.dot(y) if y.dim() == 1 else y.reshape(-1).dot(y.reshape(-1)) for y in b]).sum()
-    out[_I["norm"]] = d2.sqrt()
-    out[_I["ratio"]] = (d2 / w2).sqrt()
-    out[_I["numel"]] = float(sum(t.numel() for t in b))
-    return out
+    return torch.tensor(finalize_update(raw_update(before, after).cpu().numpy(),
+                                        sum(t.numel() for t in before)))
 
 
 def global_norm(grads: list[Tensor]) -> Tensor:

@@ -22,6 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
@@ -119,7 +120,7 @@ class Probe:
         optimizer: torch.optim.Optimizer | None = None,
         criterion: Callable[..., Tensor] | None = None,
         scheduler: Any = None,
-        every: int = 50,
+        every: int = 100,
         activations: bool = True,
         grad_norm_every: int = 10,
         flush_seconds: float = 10.0,
@@ -155,7 +156,10 @@ class Probe:
         self._act_handles: list[Any] = []
         # Buffers, converted to host values at flush.
         self._scalars: list[tuple[int, str, Any, float, float]] = []
-        self._layers: list[tuple[int, str, str, str, Tensor]] = []
+        self._logged: list[tuple[int, float, float, dict[str, Any]]] = []  # probe.log calls
+        self._loop: list[tuple] = []  # one tuple of loop facts per optimizer step (see _step_begin)
+        # (step, layer, kind, module type, raw device vector, element counts); see stats.py
+        self._layers: list[tuple[int, str, str, str, Tensor, Any]] = []
         self._events: list[tuple[int, str, str, float, dict[str, Any]]] = []
         self._pending_rows = 0
         # Loop facts.
@@ -217,19 +221,10 @@ class Probe:
                 if not (e == self._epoch):
                     self._event(s, "epoch", "", e, {})
                     self._epoch = e
-            now = time.monotonic() - self._t0
-            for key, value in metrics.items():
-                if value is None:
-                    continue
-                if isinstance(value, Tensor):
-                    value = value.detach()
-                    if value.numel() != 1:
-                        value = value.float().mean()
-                    value = value.reshape(())
-                else:
-                    value = float(value)
-                self._scalars.append((s, str(key), value, self._epoch, now))
-            self._pending_rows += len(metrics)
+            # Detach now (a kept loss would keep its whole autograd graph alive); convert at flush.
+            values = {k: (v.detach() if isinstance(v, Tensor) else v) for k, v in metrics.items()}
+            self._logged.append((s, self._epoch, time.monotonic() - self._t0, values))
+            self._pending_rows += len(values)
         except Exception as e:  # never break the training loop over a bad metric
             self._hook_failed("log", e)
 
@@ -270,8 +265,8 @@ class Probe:
         # A compiled model's own hooks would be traced into its graph: hook the wrapper instead.
         m = self.wrapped if self.compiled else self.model
         self._handles.append(m.register_forward_pre_hook(self._guard("model_forward_pre", self._on_forward_pre)))
-        self._handles.append(m.register_forward_hook(self._guard("model_forward", self._on_forward),
-                                                     always_call=True))
+        self._top = m
+        self._post_handle: Any = None  # registered only for forwards that need it (_arm_post_hook)
         if self.optimizer is not None:
             self._handles.append(self.optimizer.register_step_pre_hook(self._guard("step_pre", self._on_step_pre)))
             self._handles.append(self.optimizer.register_step_post_hook(self._guard("step_post", self._on_step_post)))
@@ -280,7 +275,8 @@ class Probe:
             self._sentinel = sentinel
             self._handles.append(sentinel.register_hook(self._guard("grad_sentinel", self._on_sentinel_grad)))
         if isinstance(self.criterion, nn.Module):
-            self._handles.append(self.criterion.register_forward_hook(self._guard("criterion", self._on_criterion)))
+            self._criterion_handle = self.criterion.register_forward_hook(self._guard("criterion", self._on_criterion))
+            self._handles.append(self._criterion_handle)
 
     def _pick_sentinel(self) -> Tensor | None:
         """The smallest trainable parameter (a bias or norm weight, later layers first): its hook tells
@@ -339,13 +335,25 @@ class Probe:
                 self._fn_mode.__enter__()
         if self.record_activations and self._act_done_step != self.step and self._recorded(self.step):
             self._arm_activation_hooks(trace=not self._first_forward_done)
-        elif not self._first_forward_done and not self.compiled:
-            self._arm_activation_hooks(trace=True, stats=False)
+            self._arm_post_hook()
+        elif not self._first_forward_done:
+            if not self.compiled:
+                self._arm_activation_hooks(trace=True, stats=False)
+            self._arm_post_hook()
+
+    def _arm_post_hook(self) -> None:
+        if self._post_handle is None:
+            self._post_handle = self._top.register_forward_hook(self._guard("model_forward", self._on_forward),
+                                                                always_call=True)
+            self._handles.append(self._post_handle)
 
     def _on_forward(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if not torch.is_grad_enabled():
             return
         self._disarm_activation_hooks()
+        if self._post_handle is not None:
+            self._post_handle.remove()
+            self._post_handle = None
         if not self._first_forward_done:
             self._exit_fn_mode()
             self._first_forward_done = True
@@ -389,7 +397,8 @@ class Probe:
         out = _first_tensor(output)
         if out is None or not out.is_floating_point():
             return
-        self._layers.append((step, name, "activation", typ, st.activation_stats(out, typ)))
+        raw, numel, units = st.raw_activation(out, typ)
+        self._layers.append((step, name, "activation", typ, raw, (numel, units)))
         self._pending_rows += 1
         if module.training and typ.startswith(("BatchNorm", "SyncBatchNorm")):
             x = _first_tensor(args)
@@ -422,9 +431,9 @@ class Probe:
         self._event(self.step, "model_output", "", float("nan"), detail)
 
     def _on_criterion(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
-        if not torch.is_grad_enabled() or getattr(self, "_criterion_seen", False):
+        if not torch.is_grad_enabled():
             return
-        self._criterion_seen = True
+        self._criterion_handle.remove()  # one look is enough; keep the loss on PyTorch's fast path
         x = _first_tensor(args)
         if x is None or not x.is_floating_point():
             return
@@ -495,37 +504,22 @@ class Probe:
             add((s, schema.GRAD_NORM, gn, self._epoch, now))
             if gn.device.type == "cpu" and not math.isfinite(float(gn)) and "grad" not in self._seen_nonfinite:
                 record = self._force_record = True  # free on CPU: catch the first bad step exactly
-        if self.optimizer is not None:
-            for i, group in enumerate(self.optimizer.param_groups):
-                lr = group.get("lr")
-                if lr is not None:
-                    add((s, f"{schema.LR_PREFIX}{i}", lr.detach() if isinstance(lr, Tensor) else float(lr),
-                         self._epoch, now))
-                mom = group.get("momentum", None)
-                if mom is None and "betas" in group:
-                    mom = group["betas"][0]
-                if mom is not None:
-                    add((s, f"{schema.MOMENTUM_PREFIX}{i}", float(mom) if not isinstance(mom, Tensor) else mom.detach(),
-                         self._epoch, now))
-        if self._last_mode is not None:
-            add((s, schema.LOOP_TRAINING, 1.0 if self._last_mode else 0.0, self._epoch, now))
-        if self._grad_reset is not None:
-            add((s, schema.LOOP_GRAD_RESET, self._grad_reset, self._epoch, now))
-            self._grad_reset = None
-        add((s, schema.LOOP_BACKWARDS, float(self._backwards), self._epoch, now))
-        if self.scheduler is not None:
-            count = getattr(self.scheduler, "_step_count", None)
+        groups = self.optimizer.param_groups if self.optimizer is not None else ()
+        sched = self.scheduler
+        count = None
+        if sched is not None:
+            count = getattr(sched, "_step_count", None)
             if count is None:
-                count = getattr(self.scheduler, "last_epoch", None)
-            if count is not None:
-                add((s, schema.LOOP_SCHEDULER_STEPS, float(count) - 1.0, self._epoch, now))
-        if self._batch_size is not None:
-            add((s, schema.LOOP_BATCH_SIZE, float(self._batch_size), self._epoch, now))
+                count = getattr(sched, "last_epoch", None)
+        self._loop.append((s, self._epoch, now, [g.get("lr") for g in groups],
+                           [g.get("momentum", g.get("betas", (None,))[0]) for g in groups],
+                           self._last_mode, self._grad_reset, self._backwards, count, self._batch_size))
+        self._grad_reset = None
         self._pending_rows += 6
         if record:
             for name, typ, ps, gs in layers:
-                self._layers.append((s, name, "grad", typ, st.basic_stats(gs)))
-                self._layers.append((s, name, "weight", typ, st.basic_stats(ps)))
+                self._layers.append((s, name, "grad", typ, *st.raw_moments(gs)))
+                self._layers.append((s, name, "weight", typ, *st.raw_moments(ps)))
                 if self.optimizer is not None:
                     self._snapshots[name] = [p.detach().clone() for p in ps]
             self._pending_rows += 2 * len(layers)
@@ -536,7 +530,8 @@ class Probe:
             for name, _, typ, params in self._layers_with_params:
                 before = self._snapshots.get(name)
                 if before is not None:
-                    self._layers.append((s, name, "update", typ, st.update_stats(before, params)))
+                    numel = sum(p.numel() for p in before)
+                    self._layers.append((s, name, "update", typ, st.raw_update(before, params), numel))
             self._pending_rows += len(self._snapshots)
             self._snapshots = {}
         self._force_record = False
@@ -632,7 +627,7 @@ class Probe:
 
     def _flush(self, final_status: str | None = None) -> None:
         self._last_flush = time.monotonic()
-        scalars, self._scalars = self._scalars, []
+        scalars, self._scalars = self._scalars + self._expand_loop() + self._expand_logged(), []
         layers, self._layers = self._layers, []
         self._pending_rows = 0
         if not self._init_written and final_status is not None:
@@ -644,7 +639,7 @@ class Probe:
                 "step": [r[0] for r in scalars], "name": [r[1] for r in scalars], "value": values,
                 "epoch": [r[3] for r in scalars], "time": [r[4] for r in scalars]})
         if layers:
-            mats = _stack_host([r[4] for r in layers])
+            mats = [_FINALIZE[r[2]](raw, r[5]) for r, raw in zip(layers, _raw_to_host([r[4] for r in layers]))]
             cols: dict[str, list] = {
                 "step": [r[0] for r in layers], "layer": [r[1] for r in layers], "kind": [r[2] for r in layers],
                 "module_type": [r[3] for r in layers], "order": [self._order.get(r[1], -1) for r in layers]}
@@ -660,6 +655,49 @@ class Probe:
                 "detail": [json.dumps(_jsonable(e[4])) for e in events]})
         self.writer.next_chunk()
         self._write_meta(final_status)
+
+    def _expand_loop(self) -> list[tuple[int, str, Any, float, float]]:
+        rows: list[tuple[int, str, Any, float, float]] = []
+        add = rows.append
+        loop, self._loop = self._loop, []
+        for s, epoch, now, lrs, moms, mode, reset, backwards, count, batch in loop:
+            for i, lr in enumerate(lrs):
+                if lr is not None:
+                    add((s, f"{schema.LR_PREFIX}{i}", lr, epoch, now))
+            for i, mom in enumerate(moms):
+                if mom is not None:
+                    add((s, f"{schema.MOMENTUM_PREFIX}{i}", mom, epoch, now))
+            if mode is not None:
+                add((s, schema.LOOP_TRAINING, 1.0 if mode else 0.0, epoch, now))
+            if reset is not None:
+                add((s, schema.LOOP_GRAD_RESET, reset, epoch, now))
+            add((s, schema.LOOP_BACKWARDS, float(backwards), epoch, now))
+            if count is not None:
+                add((s, schema.LOOP_SCHEDULER_STEPS, float(count) - 1.0, epoch, now))
+            if batch is not None:
+                add((s, schema.LOOP_BATCH_SIZE, float(batch), epoch, now))
+        return rows
+
+    def _expand_logged(self) -> list[tuple[int, str, Any, float, float]]:
+        rows: list[tuple[int, str, Any, float, float]] = []
+        logged, self._logged = self._logged, []
+        bad: list[str] = []
+        for s, epoch, now, values in logged:
+            for key, v in values.items():
+                if v is None:
+                    continue
+                if isinstance(v, Tensor):
+                    v = v.float().mean() if v.numel() != 1 else v.reshape(())
+                else:
+                    try:
+                        v = float(v)
+                    except (TypeError, ValueError):
+                        bad.append(str(key))
+                        continue
+                rows.append((s, str(key), v, epoch, now))
+        if bad:
+            self._hook_failed("log", ValueError(f"not a number: {', '.join(sorted(set(bad)))}"))
+        return rows
 
     def _nonfinite_from_scalars(self, rows: list[tuple], values: list[float]) -> None:
         for (step, name, _, _, _), v in zip(rows, values):
@@ -725,16 +763,26 @@ def _to_host(values: list[Any]) -> list[float]:
     return out
 
 
-def _stack_host(vectors: list[Tensor]) -> list[list[float]]:
+def _raw_to_host(vectors: list[Tensor]) -> list[np.ndarray]:
+    """All raw vectors of a flush: concatenated per device, one copy to the host, split again."""
     by_device: dict[torch.device, list[int]] = defaultdict(list)
     for i, v in enumerate(vectors):
         by_device[v.device].append(i)
-    out: list[list[float]] = [[]] * len(vectors)
+    out: list[np.ndarray] = [np.empty(0)] * len(vectors)
     for idx in by_device.values():
-        host = torch.stack([vectors[i] for i in idx]).cpu().tolist()
-        for i, h in zip(idx, host):
-            out[i] = h
+        flat = torch.cat([vectors[i].reshape(-1).float() for i in idx]).cpu().numpy()
+        offsets = np.cumsum([0] + [vectors[i].numel() for i in idx])
+        for j, i in enumerate(idx):
+            out[i] = flat[offsets[j]:offsets[j + 1]]
     return out
+
+
+_FINALIZE = {
+    "grad": st.finalize_moments,
+    "weight": st.finalize_moments,
+    "activation": lambda raw, info: st.finalize_activation(raw, *info),
+    "update": st.finalize_update,
+}
 
 
 def _version() -> str:
@@ -763,7 +811,7 @@ def watch(model: nn.Module, run_dir: str | os.PathLike[str] | None = None, **opt
     optimizer: hooked to count steps and read lr/momentum; without it a step is a backward pass.
     criterion: an nn.Module loss; its inputs tell whether logits or probabilities reach it.
     scheduler: read (never stepped) to check its cadence against optimizer steps and epochs.
-    every: per-layer statistics every `every` optimizer steps (plus steps 0, 1, 2, 4, 8, ...), default 50.
+    every: per-layer statistics every `every` optimizer steps (plus steps 0, 1, 2, 4, 8, ...), default 100.
     activations: record per-module activation statistics on recorded steps (default True).
     grad_norm_every: the global gradient norm at each of the first 200 steps, then every this many
         steps (default 10) and on recorded steps.
