@@ -63,13 +63,14 @@ def default_html_path(run_path: Path) -> Path:
     return run_path.with_name(f"{run_path.stem}.report.html")
 
 
-def _write_html(run: Any, findings: list, path: Path) -> tuple[Path | None, str | None]:
+def _write_html(report: Any, path: Path) -> tuple[Path | None, str | None]:
     try:
         from trainscope.report import write_report
     except ImportError as e:
         return None, f"HTML report skipped (trainscope.report unavailable: {e})"
     try:
-        return write_report(run, findings, path), None
+        # The report lists the rules that could not run too, so silence is not read as health.
+        return write_report(report.run, report.findings, path, skipped=report.skipped, crashed=report.crashed), None
     except (OSError, TrainscopeError) as e:
         return None, f"HTML report not written: {e}"
 
@@ -118,7 +119,7 @@ def diagnose(
         typer.echo(render_text(str(run), report.findings, report.skipped, report.crashed, report.run.status))
 
     if not no_html:
-        written, note = _write_html(report.run, report.findings, html or default_html_path(run))
+        written, note = _write_html(report, html or default_html_path(run))
         message = f"HTML report: {written}" if written else note
         typer.echo(message, err=format is Format.json)
 

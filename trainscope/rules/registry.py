@@ -77,7 +77,8 @@ class Context:
         extra_fixes: Iterable[str] = (),
     ) -> Finding:
         evidence = dict(evidence or {})
-        values = {**evidence, **(fix_values or {}), "layers": ", ".join(layers) if layers else "the model"}
+        values = {**self.params, **evidence, **(fix_values or {}),
+                  "layers": ", ".join(layers) if layers else "the model"}
         layers = tuple(layers)
         fixes = tuple(fill(t, values) for t in self.rule.fixes) + tuple(extra_fixes)
         sev = Severity(severity) if severity is not None else self.rule.severity
