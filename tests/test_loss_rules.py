@@ -285,3 +285,18 @@ def test_validation_every_n_steps_is_reported_per_evaluation(tmp_path):
     assert "overfitting" in found and "no-early-stopping" in found
     assert found["overfitting"].fixes[0].startswith("Keep the checkpoint from evaluation 5 (step 999)")
     assert "evaluation" in found["no-early-stopping"].message
+
+
+def test_overfitting_caught_by_early_stopping_is_info(tmp_path):
+    """The StreamRec curves stopped 4 epochs after the validation minimum (patience 4): pattern 6, not 3."""
+    rows = (DATA / "streamrec_baseline.csv").read_text().splitlines()[:18]  # header + epochs 1..17
+    log = tmp_path / "stopped.csv"
+    log.write_text("\n".join(rows) + "\n")
+    report = diagnose_report(import_log(log), select=["overfitting", "no-early-stopping"])
+    found = {f.name: f for f in report.findings}
+    assert found["overfitting"].severity.value == "info"
+    assert "early stopping caught it" in found["overfitting"].message
+    assert "no-early-stopping" not in found
+    full = {f.name: f for f in diagnose_report(import_log(DATA / "streamrec_baseline.csv"),
+                                               select=["overfitting"]).findings}
+    assert full["overfitting"].severity.value == "warning"

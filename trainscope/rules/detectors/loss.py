@@ -237,11 +237,17 @@ def overfitting(ctx: Context) -> list[Finding]:
     word = _epoch_word(e)
     best_epoch = e.label(b)
     how = f"rose {val_rise:.0%} to {_fmt(v_end)}" if rising else f"plateaued ({_fmt(v_end)})"
+    # Ended shortly after the minimum: early stopping (or the user) already stopped it (pattern 6).
+    contained = after <= ctx.p("contained_evals") and after < 0.3 * len(v)
+    note = (f"; the run ended {after} {word}{'s' if after > 1 else ''} after the minimum, so early stopping "
+            "caught it" if contained else "")
     return [
         ctx.finding(
             f"val loss lowest {_fmt(v[b])} at {word} {best_epoch}, then {how} by {word} {e.label(len(v) - 1)} "
             f"while train loss fell {train_drop:.0%} ({_fmt(t[b])} -> {_fmt(t_end)}); "
-            f"train-val gap {_fmt(gap_best)} -> {_fmt(gap_end)} ({rel_gap:.0%} of val loss; threshold {ctx.p('min_gap'):.0%})",
+            f"train-val gap {_fmt(gap_best)} -> {_fmt(gap_end)} ({rel_gap:.0%} of val loss; threshold {ctx.p('min_gap'):.0%})"
+            f"{note}",
+            severity="info" if contained else None,
             steps=(int(e.steps[b]), int(e.steps[-1])),
             evidence={
                 "best_epoch": best_epoch,
