@@ -240,7 +240,7 @@ class Probe:
         if self._closed:
             return
         self._closed = True
-        for h in self._handles + self._act_handles:
+        for h in self._handles + self._act_handles + ([self._post_handle] if self._post_handle else []):
             try:
                 h.remove()
             except Exception:
@@ -345,7 +345,6 @@ class Probe:
         if self._post_handle is None:
             self._post_handle = self._top.register_forward_hook(self._guard("model_forward", self._on_forward),
                                                                 always_call=True)
-            self._handles.append(self._post_handle)
 
     def _on_forward(self, module: nn.Module, args: tuple[Any, ...], output: Any) -> None:
         if not torch.is_grad_enabled():
