@@ -154,10 +154,12 @@ def n_epochs(run: Run) -> int | None:
 
 
 def lr_value(run: Run) -> float | None:
-    """The learning rate: first logged lr/0, else the optimizer's default from meta."""
+    """The learning rate: the first logged lr/0 (or lr, learning_rate), else the optimizer's from meta."""
     s = first_series(run, ("lr/0", "lr", "learning_rate"))
     if s is not None and len(finite(s)):
         return float(finite(s).iloc[0])
     opt = run.meta.get("optimizer") or {}
     lr = (opt.get("defaults") or {}).get("lr")
-    return float(lr) if isinstance(lr, (int, float)) else None
+    if lr is None and opt.get("param_groups"):
+        lr = opt["param_groups"][0].get("lr")
+    return float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None

@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from trainscope.rules.registry import NotApplicable
+from trainscope.rules.signals import lr_value
 from trainscope.store.run import Run
 
 # Layers whose weights are not a "compute" weight: their gradient/update scale says nothing about
@@ -111,19 +112,7 @@ def optimizer_meta(run: Run) -> dict[str, Any]:
     return run.meta.get("optimizer") or {}
 
 
-def current_lr(run: Run) -> float | None:
-    """The learning rate of param group 0 at the first recorded step, else the optimizer's default."""
-    s = run.scalar("lr/0")
-    if not s.empty and np.isfinite(s.iloc[0]):
-        return float(s.iloc[0])
-    opt = optimizer_meta(run)
-    lr = (opt.get("defaults") or {}).get("lr")
-    if lr is None and opt.get("param_groups"):
-        lr = opt["param_groups"][0].get("lr")
-    try:
-        return float(lr) if lr is not None else None
-    except (TypeError, ValueError):
-        return None
+current_lr = lr_value  # one definition of the run's learning rate, shared with the loss rules
 
 
 def detail(row: pd.Series) -> dict[str, Any]:
