@@ -747,19 +747,12 @@ def _distribution_facts(x: Tensor) -> dict[str, Any]:
 
 
 def _to_host(values: list[Any]) -> list[float]:
-    """Python floats for a list of floats and 0-d tensors, one device copy per device."""
-    out: list[float] = [0.0] * len(values)
-    by_device: dict[torch.device, list[int]] = defaultdict(list)
-    for i, v in enumerate(values):
-        if isinstance(v, Tensor):
-            by_device[v.device].append(i)
-        else:
-            out[i] = float(v)
-    for idx in by_device.values():
-        host = torch.stack([values[i].float() for i in idx]).cpu().tolist()
-        for i, h in zip(idx, host):
-            out[i] = h
-    return out
+    """Python floats for a list of floats and 0-d tensors (tensors copied together, once per device)."""
+    out = [v if not isinstance(v, Tensor) else 0.0 for v in values]
+    idx = [i for i, v in enumerate(values) if isinstance(v, Tensor)]
+    for i, host in zip(idx, _raw_to_host([values[i] for i in idx])):
+        out[i] = float(host[0])
+    return [float(v) for v in out]
 
 
 def _raw_to_host(vectors: list[Tensor]) -> list[np.ndarray]:
