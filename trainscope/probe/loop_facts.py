@@ -1,0 +1,89 @@
+"""LoopFacts: how the training loop drives the model, one tuple per step (expanded at flush).
+
+train/eval mode at the step (and a `mode` event when it changes), whether `.grad` was reset
+before the step's first backward (read on the sentinel: None or all zeros), backward passes per
+step, the scheduler's step count, the batch size, and lr/momentum per param group.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from trainscope.probe.buffer import RunBuffer, ScalarRow
+from trainscope.probe.clock import Collector, StepClock
+from trainscope.store import schema
+
+
+class LoopFacts(Collector):
+    def __init__(self, buffer: RunBuffer, clock: StepClock, *, optimizer: torch.optim.Optimizer | None,
+                 scheduler: Any) -> None:
+        self.buffer = buffer
+        self.clock = clock
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.last_mode: bool | None = None
+        self.batch_size: int | None = None
+        self.backwards = 0
+        self._check_reset = False
+        self._grad_reset: Any = None  # 1.0, or a 0-d bool tensor (copied at flush)
+        self._loop: list[tuple] = []  # one tuple per step, see on_step_begin
+        buffer.scalar_sources.append(self._expand)
+
+    def on_forward(self, module: torch.nn.Module, x: Tensor | None) -> None:
+        """A training forward of the watched model (grad enabled) with its first input tensor."""
+        mode = bool(module.training)
+        if self.last_mode is not None and mode != self.last_mode:
+            self.buffer.event(self.clock.step, "mode", "", 1.0 if mode else 0.0, {"training": mode})
+        self.last_mode = mode
+        if x is not None and x.dim() > 0:
+            self.batch_size = int(x.shape[0])
+
+    def on_backward(self) -> None:
+        self.backwards += 1
+        if self._check_reset:
+            self._check_reset = False
+            g = self.clock.sentinel.grad if self.clock.sentinel is not None else None
+            # .grad is None (set_to_none) or all zeros once zero_grad ran; anything else is stale.
+            self._grad_reset = 1.0 if g is None else (g == 0).all()
+
+    def on_step_begin(self, step: int, record: bool) -> None:
+        groups = self.optimizer.param_groups if self.optimizer is not None else ()
+        sched = self.scheduler
+        count = None
+        if sched is not None:
+            count = getattr(sched, "_step_count", None)
+            if count is None:
+                count = getattr(sched, "last_epoch", None)
+        self._loop.append((step, self.clock.epoch, self.clock.step_time, [g.get("lr") for g in groups],
+                           [g.get("momentum", g.get("betas", (None,))[0]) for g in groups],
+                           self.last_mode, self._grad_reset, self.backwards, count, self.batch_size))
+        self._grad_reset = None
+        self.buffer.pending_rows += 6
+
+    def on_step_end(self, step: int) -> None:
+        self.backwards = 0
+        self._check_reset = True
+
+    def _expand(self) -> list[ScalarRow]:
+        rows: list[ScalarRow] = []
+        add = rows.append
+        loop, self._loop = self._loop, []
+        for s, epoch, now, lrs, moms, mode, reset, backwards, count, batch in loop:
+            for i, lr in enumerate(lrs):
+                if lr is not None:
+                    add((s, f"{schema.LR_PREFIX}{i}", lr, epoch, now))
+            for i, mom in enumerate(moms):
+                if mom is not None:
+                    add((s, f"{schema.MOMENTUM_PREFIX}{i}", mom, epoch, now))
+            if mode is not None:
+                add((s, schema.LOOP_TRAINING, 1.0 if mode else 0.0, epoch, now))
+            if reset is not None:
+                add((s, schema.LOOP_GRAD_RESET, reset, epoch, now))
+            add((s, schema.LOOP_BACKWARDS, float(backwards), epoch, now))
+            if count is not None:
+                add((s, schema.LOOP_SCHEDULER_STEPS, float(count) - 1.0, epoch, now))
+            if batch is not None:
+                add((s, schema.LOOP_BATCH_SIZE, float(batch), epoch, now))
+        return rows
