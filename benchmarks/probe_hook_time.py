@@ -18,12 +18,13 @@ import time
 import torch
 from torch import nn
 
-W = importlib.import_module("trainscope.probe.watch")
+W = importlib.import_module("trainscope.probe.probe")
+G = importlib.import_module("trainscope.probe.guard")
 
 
 def main() -> None:
     spent: collections.Counter[str] = collections.Counter()
-    guard = W.Probe._guard
+    guard = G.HookGuard.wrap
     log = W.Probe.log
 
     def timed_guard(self, name, fn):
@@ -42,7 +43,7 @@ def main() -> None:
         log(self, *a, **k)
         spent["log"] += time.perf_counter() - t
 
-    W.Probe._guard, W.Probe.log = timed_guard, timed_log
+    G.HookGuard.wrap, W.Probe.log = timed_guard, timed_log
     options = eval(sys.argv[1]) if len(sys.argv) > 1 else {}  # e.g. "{'every': 1}"
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(128, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(), nn.Linear(256, 10))

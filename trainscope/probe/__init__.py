@@ -1,4 +1,4 @@
 """The probe: hooks that record per-layer statistics and training-loop facts into a run store."""
-from trainscope.probe.watch import Probe, watch
+from trainscope.probe.probe import Probe, watch
 
 __all__ = ["Probe", "watch"]
