@@ -5,6 +5,9 @@
     probe.log(step=step, train_loss=loss)
     probe.close()
     findings = trainscope.diagnose("runs/exp1")
+
+    report = trainscope.check(model, train_loader, loss_fn)   # the checklist's sanity checks, your model
+    result = trainscope.lr_find(model, train_loader, loss_fn)  # Smith's range test: curve + suggested lr
 """
 from __future__ import annotations
 
@@ -40,4 +43,22 @@ def diagnose(run: Any, **kwargs: Any) -> list:
     return _diagnose(run, **kwargs)
 
 
-__all__ = ["watch", "load_run", "diagnose", "TrainscopeError", "__version__"]
+def check(model: Any, loader: Any, criterion: Any = None, **kwargs: Any) -> Any:
+    """The trustworthy-skeleton checks on your own model and (inputs, targets) batches: data peek,
+    initial loss vs -log(1/C), overfit one batch (500 steps, dropout and weight decay off, loss to <= 1%
+    of its start), zeroed-input baseline. Returns a `CheckReport` (`.passed`, `.summary()`, `["name"]`);
+    the model is left as it was. See `trainscope.train.sanity.check` for the options."""
+    from trainscope.train.sanity import check as _check
+
+    return _check(model, loader, criterion, **kwargs)
+
+
+def lr_find(model: Any, loader: Any, criterion: Any = None, **kwargs: Any) -> Any:
+    """Smith's learning-rate range test on your own model and batches (`optimizer_factory(params)` builds
+    the swept optimizer). Returns an `LRFinderResult`: the curve, `suggested_lr` and its `rule`."""
+    from trainscope.train.sanity import lr_find as _lr_find
+
+    return _lr_find(model, loader, criterion, **kwargs)
+
+
+__all__ = ["watch", "load_run", "diagnose", "check", "lr_find", "TrainscopeError", "__version__"]

@@ -2,7 +2,9 @@
 
     trainscope train --preset NAME --out RUN_DIR [--config FILE] [--scale X] [--seed N] [--epochs N] [--quiet]
     trainscope lr-find --preset NAME [--config FILE] [--scale X] [--steps N] [--csv PATH]
+    trainscope lr-find --model FILE.py:FUNC --data FILE.py:FUNC [--criterion FILE.py:FUNC] [--optimizer ..]
     trainscope check --preset NAME [--config FILE] [--scale X]
+    trainscope check --model FILE.py:FUNC --data FILE.py:FUNC [--criterion FILE.py:FUNC] [--optimizer NAME --lr X]
     trainscope compare RUN... [--format text|markdown|json] [--html PATH] [--no-diagnose]
     trainscope presets
 
@@ -35,6 +37,23 @@ def _experiment(preset: Optional[str], config: Optional[Path], scale: Optional[f
     cfg: Any = load_config(config) if config is not None else preset
     overrides = {"train": {"epochs": epochs}} if epochs is not None else None
     return build(cfg, scale=scale, seed=seed, overrides=overrides)
+
+
+def _user_only(preset: Optional[str], config: Optional[Path], model: Optional[str], data: Optional[str]) -> None:
+    if preset is not None or config is not None:
+        raise TrainscopeError("give either --preset/--config or --model and --data, not both")
+    if model is None or data is None:
+        raise TrainscopeError("your own model needs both --model FILE.py:FUNC and --data FILE.py:FUNC")
+
+
+def _user_optimizer(spec: Optional[str], lr: Optional[float], sgd_default: bool = False) -> Any:
+    from trainscope.train.user_code import optimizer_factory
+
+    if spec is not None and ":" not in spec and spec.lower() not in ("adam", "adamw", "sgd"):
+        raise TrainscopeError(f"--optimizer must be adam, adamw, sgd or FILE.py:FUNC, not {spec!r}")
+    if spec is None and lr is None and sgd_default:
+        return None  # find_lr's own default: SGD with momentum 0.9
+    return optimizer_factory(spec, lr)
 
 
 def register(app: typer.Typer) -> None:
@@ -86,6 +105,14 @@ def register(app: typer.Typer) -> None:
     def lr_find(
         preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Preset name."),
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML config file."),
+        model: Optional[str] = typer.Option(None, "--model", "-m", help="Your model: FILE.py:FUNC, FUNC() returns "
+                                            "the nn.Module."),
+        data: Optional[str] = typer.Option(None, "--data", "-d", help="Your data: FILE.py:FUNC, FUNC() returns an "
+                                           "iterable of (inputs, targets) batches."),
+        criterion: Optional[str] = typer.Option(None, "--criterion", help="FILE.py:FUNC returning the loss "
+                                                "[default: CrossEntropyLoss for integer targets, else MSELoss]."),
+        optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam, adamw, sgd or FILE.py:FUNC "
+                                                "(FUNC(params) -> optimizer) [default: SGD, momentum 0.9]."),
         scale: Optional[float] = typer.Option(None, "--scale", help="Data sizes and hidden widths x SCALE."),
         seed: Optional[int] = typer.Option(None, "--seed"),
         steps: int = typer.Option(100, "--steps", help="Steps of the sweep."),
@@ -93,14 +120,25 @@ def register(app: typer.Typer) -> None:
         end_lr: float = typer.Option(10.0, "--end-lr"),
         csv: Optional[Path] = typer.Option(None, "--csv", help="Write the curve (lr, loss, smoothed) here."),
     ) -> None:
-        """Smith's learning-rate range test on a preset's model and optimizer; prints the suggested lr."""
+        """Smith's learning-rate range test on a preset or on your own model and data; prints the suggested lr."""
         from trainscope.train.lr_finder import find_lr
 
         try:
-            exp = _experiment(preset, config, scale, seed)
-            result = find_lr(exp.model, exp.splits.train, exp.criterion, exp.optimizer, start_lr=start_lr,
-                             end_lr=end_lr, num_steps=steps, batch_size=exp.train_config.batch_size,
-                             seed=exp.train_config.seed)
+            if model is not None or data is not None:
+                from trainscope.train import user_code
+                from trainscope.train.sanity import lr_find as user_lr_find
+
+                _user_only(preset, config, model, data)
+                m = user_code.load_model(model)  # type: ignore[arg-type]
+                result = user_lr_find(m, user_code.load_data(data), user_code.load_criterion(criterion),  # type: ignore[arg-type]
+                                      optimizer_factory=_user_optimizer(optimizer, None, sgd_default=True),
+                                      start_lr=start_lr, end_lr=end_lr, num_steps=steps,
+                                      seed=seed if seed is not None else 0)
+            else:
+                exp = _experiment(preset, config, scale, seed)
+                result = find_lr(exp.model, exp.splits.train, exp.criterion, exp.optimizer, start_lr=start_lr,
+                                 end_lr=end_lr, num_steps=steps, batch_size=exp.train_config.batch_size,
+                                 seed=exp.train_config.seed)
         except TrainscopeError as e:
             raise _fail(str(e)) from None
         typer.echo(result.summary())
@@ -115,24 +153,50 @@ def register(app: typer.Typer) -> None:
     def check(
         preset: Optional[str] = typer.Option(None, "--preset", "-p", help="Preset name."),
         config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML config file."),
+        model: Optional[str] = typer.Option(None, "--model", "-m", help="Your model: FILE.py:FUNC, FUNC() returns "
+                                            "the nn.Module."),
+        data: Optional[str] = typer.Option(None, "--data", "-d", help="Your data: FILE.py:FUNC, FUNC() returns an "
+                                           "iterable of (inputs, targets) batches."),
+        criterion: Optional[str] = typer.Option(None, "--criterion", help="FILE.py:FUNC returning the loss "
+                                                "[default: CrossEntropyLoss for integer targets, else MSELoss]."),
+        optimizer: Optional[str] = typer.Option(None, "--optimizer", help="adam, adamw, sgd or FILE.py:FUNC "
+                                                "(FUNC(params) -> optimizer) [default: Adam lr 1e-3]."),
+        lr: Optional[float] = typer.Option(None, "--lr", help="Learning rate for --optimizer."),
+        num_classes: Optional[int] = typer.Option(None, "--num-classes", help="Classes, when the output does "
+                                                  "not tell."),
         scale: Optional[float] = typer.Option(None, "--scale", help="Data sizes and hidden widths x SCALE."),
         seed: Optional[int] = typer.Option(None, "--seed"),
-        steps: int = typer.Option(200, "--steps", help="Steps of the overfit-one-batch test."),
-        baseline_epochs: int = typer.Option(3, "--baseline-epochs", help="Epochs per input-independent baseline "
-                                            "run (0 skips it)."),
+        steps: int = typer.Option(500, "--steps", help="Steps of the overfit-one-batch test."),
+        baseline_epochs: int = typer.Option(3, "--baseline-epochs", help="Presets: epochs per input-independent "
+                                            "baseline run (0 skips it)."),
+        baseline_steps: int = typer.Option(100, "--baseline-steps", help="Your model: optimizer steps per "
+                                           "input-independent baseline run (0 skips it)."),
     ) -> None:
         """The checklist's sanity checks: data peek, initial loss, overfit one batch, zeroed-input baseline."""
         from trainscope.train.sanity import run_checks
 
         try:
-            exp = _experiment(preset, config, scale, seed)
-            results = run_checks(exp, overfit_steps=steps, baseline_epochs=baseline_epochs)
+            if model is not None or data is not None:
+                from trainscope.train import user_code
+                from trainscope.train.sanity import check as user_check
+
+                _user_only(preset, config, model, data)
+                m = user_code.load_model(model)  # type: ignore[arg-type]
+                report = user_check(m, user_code.load_data(data), user_code.load_criterion(criterion),  # type: ignore[arg-type]
+                                    optimizer_factory=_user_optimizer(optimizer, lr), num_classes=num_classes,
+                                    steps=steps, baseline_steps=baseline_steps,
+                                    seed=seed if seed is not None else 0)
+                results = report.results
+            else:
+                exp = _experiment(preset, config, scale, seed)
+                results = run_checks(exp, overfit_steps=steps, baseline_epochs=baseline_epochs)
         except TrainscopeError as e:
             raise _fail(str(e)) from None
         for r in results:
             typer.echo(r.line())
         failed = [r.name for r in results if not r.passed]
-        typer.echo(f"{len(results) - len(failed)}/{len(results)} checks passed" +
+        ran = [r for r in results if not r.values.get("skipped")]
+        typer.echo(f"{len(ran) - len(failed)}/{len(ran)} checks passed" +
                    (f"; failed: {', '.join(failed)}" if failed else ""))
         if failed:
             raise typer.Exit(1)

@@ -15,6 +15,7 @@ The steepest-descent point is reported alongside.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,7 +29,7 @@ from trainscope.errors import TrainscopeError
 
 RULE = "lr at the minimum of the smoothed loss / 10"
 RULE_NO_DESCENT = "no clear descent: lr where the smoothed loss starts to rise / 10"
-RULE_NOTHING = "no descent and no blow-up in the sweep: no suggestion (suspect a bug; run `trainscope check`)"
+RULE_NOTHING = "no descent and no blow-up in the sweep: no suggestion (suspect a bug; run `trainscope check --model FILE.py:FUNC --data FILE.py:FUNC`)"
 
 
 @dataclass
@@ -60,7 +61,7 @@ class LRFinderResult:
 
 def find_lr(
     model: nn.Module,
-    train_data: Dataset | DataLoader,
+    train_data: Any,
     criterion: nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
     start_lr: float = 1e-7,
@@ -83,13 +84,18 @@ def find_lr(
     saved_opt = copy.deepcopy(optimizer.state_dict())
     saved_rng = torch.get_rng_state()
     was_training = model.training
-    if isinstance(train_data, DataLoader):
-        loader = train_data
-    else:
+    from trainscope.train.sanity import _call, _device_of, _logits, _to
+
+    if isinstance(train_data, Dataset) and not isinstance(train_data, DataLoader):
         gen = torch.Generator().manual_seed(seed)
-        loader = DataLoader(train_data, batch_size=batch_size, shuffle=True, generator=gen, drop_last=True)
-    if len(loader) == 0:
+        loader: Any = DataLoader(train_data, batch_size=batch_size, shuffle=True, generator=gen, drop_last=True)
+    elif iter(train_data) is train_data:  # a generator or iterator: keep what one pass yields
+        loader = list(itertools.islice(train_data, num_steps))
+    else:
+        loader = train_data  # a DataLoader, a list of batches, any re-iterable of (inputs, targets)
+    if hasattr(loader, "__len__") and len(loader) == 0:
         raise TrainscopeError("the LR finder needs at least one full batch of data")
+    device = _device_of(model)
     mult = (end_lr / start_lr) ** (1.0 / (num_steps - 1))
     lrs: list[float] = []
     losses: list[float] = []
@@ -104,12 +110,18 @@ def find_lr(
             for g in optimizer.param_groups:
                 g["lr"] = lr
             try:
-                inputs, targets = next(batches)
+                batch = next(batches)
             except StopIteration:
                 batches = iter(loader)
-                inputs, targets = next(batches)
+                try:
+                    batch = next(batches)
+                except StopIteration:
+                    raise TrainscopeError("the LR finder needs at least one batch of data") from None
+            if not isinstance(batch, (list, tuple)) or len(batch) != 2:
+                raise TrainscopeError("each batch must be a pair (inputs, targets)")
+            inputs, targets = _to(batch[0], device), _to(batch[1], device)
             optimizer.zero_grad(set_to_none=True)
-            loss = criterion(model(inputs), targets)
+            loss = criterion(_logits(_call(model, inputs)), targets)
             value = float(loss.detach())
             lrs.append(lr)
             losses.append(value)
