@@ -112,6 +112,8 @@ def diagnose(
         raise fail(f"{run}: {e}") from None
 
     name = report.run.name
+    if report.run.meta.get("found_in"):  # a folder holding a run or log: say which one was read
+        typer.echo(f"trainscope: reading {report.run.path}", err=True)
     if format is Format.json:
         typer.echo(render_json(name, report.findings, report.skipped, report.crashed, report.run.source,
                                report.run.status))

@@ -108,15 +108,26 @@ def load_run(path: str | os.PathLike[str]) -> Run:
 
 
 def load_any(path: str | os.PathLike[str]) -> Run:
-    """A run directory, or a metrics log (CSV/TSV, JSON lines, TensorBoard events)."""
-    p = Path(path)
+    """A run directory, or a metrics log (CSV/TSV, JSON lines, TensorBoard events); a folder that is
+    neither is searched for one (`store.discover`: a trainscope run, trainer_state.json, metrics.csv,
+    TensorBoard events inside it)."""
+    from trainscope.store.discover import discover
+
+    given = Path(path)
+    p = discover(given)
     if p.is_dir() and ((p / schema.META_FILE).exists() or any(p.glob("meta-r*.json"))):
-        return load_run(p)
-    if p.exists():
-        try:
-            from trainscope.store import importers
-        except ImportError:  # pragma: no cover - importers ship with the package
-            importers = None
-        if importers is not None and importers.is_log(p):
-            return importers.import_log(p)
-    return load_run(p)
+        run = load_run(p)
+    else:
+        run = None
+        if p.exists():
+            try:
+                from trainscope.store import importers
+            except ImportError:  # pragma: no cover - importers ship with the package
+                importers = None
+            if importers is not None and importers.is_log(p):
+                run = importers.import_log(p)
+        if run is None:
+            run = load_run(p)
+    if p != given:
+        run.meta["found_in"] = str(given)
+    return run
