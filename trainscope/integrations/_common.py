@@ -122,3 +122,9 @@ def guarded(fn: Callable[..., Any]) -> Callable[..., Any]:
         return None
 
     return wrapper
+
+
+def steps_done(probe: Any) -> int:
+    """Optimizer steps the probe has counted (its step clock's count)."""
+    clock = getattr(probe, "clock", None)
+    return int(clock.step if clock is not None else probe.step)

@@ -7,7 +7,8 @@ from typing import Any
 import torch
 
 import trainscope
-from trainscope.integrations._common import Guarded, as_number, guarded, loss_of, unwrap_optimizer, val_metric_name
+from trainscope.integrations._common import Guarded, as_number, guarded, loss_of, steps_done, unwrap_optimizer
+from trainscope.integrations._common import val_metric_name
 
 __all__ = ["LightningRecorder"]
 
@@ -74,7 +75,7 @@ class LightningRecorder(Guarded):
     @guarded
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         if self.probe is not None and not self._micro:
-            self._step_in_progress = int(self.probe.step)
+            self._step_in_progress = steps_done(self.probe)
 
     @guarded
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
@@ -106,13 +107,13 @@ class LightningRecorder(Guarded):
             num = as_number(v) if name else None
             if num is not None and not (key.endswith("_step") and key[:-5] + "_epoch" in trainer.callback_metrics):
                 values[name.removesuffix("_epoch")] = num
-        step = max(int(self.probe.step) - 1, 0)
+        step = max(steps_done(self.probe) - 1, 0)
         self.probe.log(step=step, epoch=int(trainer.current_epoch), **values)
 
     @guarded
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         if self.probe is not None:
-            self.probe.log(step=max(int(self.probe.step) - 1, 0), epoch=int(trainer.current_epoch))
+            self.probe.log(step=max(steps_done(self.probe) - 1, 0), epoch=int(trainer.current_epoch))
 
 
 def _find_criterion(module: torch.nn.Module) -> Any:

@@ -34,7 +34,7 @@ from transformers import TrainerCallback
 
 import trainscope
 from trainscope.integrations._common import Guarded, as_number, guarded, loss_of, unwrap_optimizer, unwrap_scheduler
-from trainscope.integrations._common import val_metric_name
+from trainscope.integrations._common import steps_done, val_metric_name
 
 __all__ = ["TrainscopeCallback"]
 
@@ -118,7 +118,7 @@ class TrainscopeCallback(TrainerCallback, Guarded):
     @guarded
     def on_step_begin(self, args, state, control, **kwargs):
         if self.probe is not None:
-            self._step_in_progress = int(self.probe.step)
+            self._step_in_progress = steps_done(self.probe)
 
     @guarded
     def on_step_end(self, args, state, control, **kwargs):
@@ -166,7 +166,7 @@ class TrainscopeCallback(TrainerCallback, Guarded):
             self.probe.log(step=self._last_step(), **values)
 
     def _last_step(self) -> int:
-        return max(int(self.probe.step) - 1, 0)
+        return max(steps_done(self.probe) - 1, 0)
 
 
 def _hf_version() -> str:
