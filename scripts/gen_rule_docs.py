@@ -15,6 +15,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from trainscope.playbook import section_anchor  # noqa: E402
 from trainscope.rules.catalogue import load_catalogue  # noqa: E402
 
 OUT = ROOT / "docs" / "rules.md"
@@ -59,7 +60,8 @@ def render() -> str:
     for r in cat.values():
         _check_options(r)
         doc = r.doc or {}
-        out += ["", f"## {r.name}", "", f"**{r.code}** · {r.severity.value} · {r.family} · playbook {r.reference}", ""]
+        out += ["", f"## {r.name}", "", f"**{r.code}** · {r.severity.value} · {r.family} · "
+                f"[playbook {r.reference}](playbook.md#{section_anchor(r.reference)})", ""]
         out += ["**What it does.** " + doc.get("what", "").strip(), ""]
         out += ["**Why is this bad?** " + doc.get("why", "").strip(), ""]
         out += ["**Example**", "", "```python", doc.get("example", "").strip("\n"), "```", ""]

@@ -215,7 +215,9 @@ def _finding_card(f: Finding, anchor: str, section: Section | None) -> str:
         foot.append(f"step {esc(f.steps[0])}" if f.steps[0] == f.steps[1]
                     else f"steps {esc(f.steps[0])}–{esc(f.steps[1])}")
     if f.reference:
-        foot.append(f"playbook: {esc(f.reference)}")
+        from trainscope.playbook import playbook_url
+
+        foot.append(f'playbook: <a class="ref" href="{esc(playbook_url(f.reference))}">{esc(f.reference)}</a>')
     if f.explains:
         foot.append(f"explains: {esc(', '.join(f.explains))}")
     return (
