@@ -41,7 +41,7 @@ def test_pandas_reads_tables_directly(tmp_path):
     assert {"step", "layer", "kind", "norm", "mean", "std", "max_abs", "frac_zero", "nonfinite"} <= set(layers.columns)
     assert set(pd.read_parquet(run_dir / "init")["layer"]) == {"0", "2"}
     run = trainscope.load_run(run_dir)
-    assert run.meta["status"] == "finished" and run.meta["schema_version"] == "1.0"
+    assert run.meta["status"] == "finished" and run.meta["schema_version"] == "1.1"
     assert len(run.scalar("train_loss")) == 5
 
 
@@ -112,9 +112,15 @@ def test_bad_input_gives_one_clear_error(tmp_path):
         trainscope.load_run(run_dir)
 
 
-def test_reopening_a_run_appends_new_chunks(tmp_path):
+def test_reopening_a_run_starts_a_new_attempt_kept_apart(tmp_path):
     run_dir = _small_run(tmp_path / "r")
-    n_before = len(list((run_dir / "scalars").glob("*.parquet")))
+    first = trainscope.load_run(run_dir)
     _small_run(run_dir)
-    assert len(list((run_dir / "scalars").glob("*.parquet"))) == 2 * n_before
-    assert len(trainscope.load_run(run_dir).scalar("train_loss")) == 5  # same steps, mean per step
+    run = trainscope.load_run(run_dir)
+    assert run.meta["attempt"] == 1 and run.meta["attempts"] == [0, 1]
+    assert len(run.scalars[run.scalars.name == "train_loss"]) == 5  # the latest attempt only, never averaged
+    assert set(run.scalars["attempt"]) == {1} and len(run.init) == len(first.init)
+    again = trainscope.load_run(run_dir, attempt=0)
+    assert again.meta["attempt"] == 0 and again.meta["started"] == first.meta["started"]
+    cols = [c for c in first.scalars.columns if c != "time"]
+    assert again.scalars[cols].equals(first.scalars[cols])

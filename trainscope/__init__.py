@@ -29,11 +29,15 @@ def watch(model: Any, run_dir: Any = None, **kwargs: Any) -> "Probe":
     return _watch(model, run_dir, **kwargs)
 
 
-def load_run(path: Any) -> "Run":
-    """Read a run: a trainscope run directory, or a CSV/TSV/JSON-lines/TensorBoard log."""
+def load_run(path: Any, attempt: int | None = None, skip_corrupt: bool = False) -> "Run":
+    """Read a run: a trainscope run directory, or a CSV/TSV/JSON-lines/TensorBoard log.
+
+    attempt: which attempt of a reused run directory (default the latest); skip_corrupt: leave out
+    chunks that fail their checksum (named in run.meta["notes"]) instead of raising.
+    """
     from trainscope.store.reader import load_any
 
-    return load_any(path)
+    return load_any(path, attempt=attempt, skip_corrupt=skip_corrupt)
 
 
 def diagnose(run: Any, **kwargs: Any) -> list:

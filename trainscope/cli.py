@@ -12,6 +12,8 @@ trainscope.train.commands.
 from __future__ import annotations
 
 import importlib
+import json
+import os
 import sys
 from enum import Enum
 from pathlib import Path
@@ -86,6 +88,8 @@ def diagnose(
     config: Optional[Path] = typer.Option(None, "--config", help="Config file (trainscope.toml or pyproject.toml)."),
     html: Optional[Path] = typer.Option(None, "--html", help="Where to write the HTML report."),
     no_html: bool = typer.Option(False, "--no-html", help="Do not write the HTML report."),
+    attempt: Optional[int] = typer.Option(None, "--attempt", help="Which attempt of a reused run directory to read [default: the latest]."),
+    skip_corrupt: bool = typer.Option(False, "--skip-corrupt", help="Leave out chunks that fail their checksum and read the rest."),
 ) -> None:
     """Diagnose a training run: findings, most severe first, each with its evidence and fixes."""
     from trainscope.rules.config import load_config, merge_settings, parse_set
@@ -103,22 +107,32 @@ def diagnose(
         threshold = fail_on.value if fail_on is not None else (cfg.fail_on or "error")
         if threshold not in [f.value for f in FailOn]:
             raise TrainscopeError(f"fail-on {threshold!r} must be one of error, warning, info, never")
-        if not run.exists():
+        from trainscope.store.reader import load_any
+
+        if not os.path.lexists(run):
             raise TrainscopeError(f"{run}: no such file or directory")
-        report = diagnose_report(run, select=sel, ignore=ign, settings=settings)
+        the_run = load_any(run, attempt=attempt, skip_corrupt=skip_corrupt)
+        report = diagnose_report(the_run, select=sel, ignore=ign, settings=settings)
     except TrainscopeError as e:
         raise fail(str(e)) from None
-    except (OSError, ValueError) as e:  # unreadable files, bad values the loaders did not word
-        raise fail(f"{run}: {e}") from None
+    except (OSError, ValueError, RecursionError) as e:  # unreadable files, bad values the loaders did not word
+        raise fail(f"{run}: {type(e).__name__}: {e}") from None
+    notes = _notes(report.run)
 
     name = report.run.name
     if report.run.meta.get("found_in"):  # a folder holding a run or log: say which one was read
         typer.echo(f"trainscope: reading {report.run.path}", err=True)
     if format is Format.json:
-        typer.echo(render_json(name, report.findings, report.skipped, report.crashed, report.run.source,
-                               report.run.status))
+        out = json.loads(render_json(name, report.findings, report.skipped, report.crashed, report.run.source,
+                                     report.run.status))
+        if report.run.source == "trainscope":
+            out["attempt"] = report.run.meta.get("attempt")
+            out["attempts"] = report.run.meta.get("attempts")
+        out["notes"] = notes
+        typer.echo(json.dumps(out, indent=2))
     else:
-        typer.echo(render_text(str(run), report.findings, report.skipped, report.crashed, report.run.status))
+        text = render_text(str(run), report.findings, report.skipped, report.crashed, report.run.status)
+        typer.echo("\n".join([text] + [f"note: {n}" for n in notes]))
 
     if not no_html:
         written, note = _write_html(report, html or default_html_path(run))
@@ -129,6 +143,19 @@ def diagnose(
         limit = Severity(threshold).rank
         if any(f.severity.rank >= limit for f in report.findings):
             raise typer.Exit(1)
+
+
+def _notes(run: Any) -> list[str]:
+    """What the reader or importer could not take at face value, and which attempt was read."""
+    meta = run.meta
+    notes = [str(n) for n in meta.get("notes") or []]
+    attempts = meta.get("attempts") or []
+    if run.source == "trainscope" and len(attempts) > 1:
+        a = meta.get("attempt")
+        which = "the latest" if a == max(attempts) else "not the latest"
+        notes.insert(0, f"this run directory holds {len(attempts)} attempts ({', '.join(map(str, attempts))}); "
+                        f"read attempt {a} ({which}; --attempt N reads another)")
+    return notes
 
 
 @app.command("rules")
@@ -187,12 +214,41 @@ def _mount_extensions() -> None:
 _mount_extensions()
 
 
+def _click_exceptions() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """UsageError, ClickException and Abort of click and of the click that typer vendors."""
+    mods = []
+    for name in ("typer._click.exceptions", "click.exceptions"):
+        try:
+            mods.append(importlib.import_module(name))
+        except ImportError:
+            pass
+    return tuple(tuple(getattr(m, n) for m in mods if hasattr(m, n)) for n in ("UsageError", "ClickException", "Abort"))
+
+
 def main() -> None:
+    """The console script: every error is one line on stderr and exit 2 (click's usage boxes too)."""
+    usage, click_error, abort = _click_exceptions()
     try:
-        app()
+        rc = app(standalone_mode=False)
+    except usage as e:
+        hint = f" (try '{e.ctx.command_path} --help')" if e.ctx is not None else ""
+        message = " ".join(e.format_message().split())
+        if message:  # (no arguments at all: the help was printed)
+            typer.echo(f"trainscope: error: {message}{hint}", err=True)
+        sys.exit(2)
+    except click_error as e:
+        typer.echo(f"trainscope: error: {' '.join(e.format_message().split())}", err=True)
+        sys.exit(2)
+    except abort:
+        typer.echo("trainscope: error: aborted", err=True)
+        sys.exit(130)
     except TrainscopeError as e:
         typer.echo(f"trainscope: error: {e}", err=True)
         sys.exit(2)
+    except (OSError, RecursionError) as e:
+        typer.echo(f"trainscope: error: {type(e).__name__}: {e}", err=True)
+        sys.exit(2)
+    sys.exit(rc if isinstance(rc, int) else 0)
 
 
 if __name__ == "__main__":

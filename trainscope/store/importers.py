@@ -13,7 +13,11 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
+import os
 import re
+import stat
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -64,17 +68,20 @@ def import_log(path: str | Path) -> Run:
         raise TrainscopeError(f"{p}: no such file or directory")
     if p.is_dir():
         if (p / "metrics.csv").is_file() and not _event_files(p):
-            return _import_table(p / "metrics.csv", _read_csv(p / "metrics.csv"), "csv", name=p.name)
+            notes: list[str] = []
+            return _import_table(p / "metrics.csv", _read_csv(p / "metrics.csv", notes), "csv", name=p.name,
+                                 notes=notes)
         if _event_files(p):
             return _import_tensorboard(p)
         raise TrainscopeError(f"{p}: no metrics.csv or TensorBoard event files in this folder")
     if _is_tfevents(p):
         return _import_tensorboard(p)
     suffix = p.suffix.lower()
+    notes = []
     if suffix in JSON_SUFFIXES:
-        return _import_table(p, _read_json(p), "jsonl")
+        return _import_table(p, _read_json(p, notes), "jsonl", notes=notes)
     if suffix in CSV_SUFFIXES:
-        return _import_table(p, _read_csv(p), "csv")
+        return _import_table(p, _read_csv(p, notes), "csv", notes=notes)
     raise TrainscopeError(
         f"{p}: not a supported log (CSV/TSV, JSON lines, TensorBoard events) or trainscope run directory"
     )
@@ -83,7 +90,12 @@ def import_log(path: str | Path) -> Run:
 # ----------------------------------------------------------------------------- reading files
 def _read_text(p: Path) -> str:
     try:
-        data = p.read_bytes()
+        st = os.stat(p)
+        if not stat.S_ISREG(st.st_mode):
+            raise TrainscopeError(f"{p}: not a regular file (a pipe or device is not a metrics log)")
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            data = f.read()
     except OSError as e:
         raise TrainscopeError(f"{p}: cannot read ({e.strerror or e})") from None
     if not data.strip():
@@ -96,7 +108,7 @@ def _read_text(p: Path) -> str:
         raise TrainscopeError(f"{p}: not UTF-8 text, not a metrics log") from None
 
 
-def _read_csv(p: Path) -> pd.DataFrame:
+def _read_csv(p: Path, notes: list[str]) -> pd.DataFrame:
     text = _read_text(p)
     sample = text[:_MAX_SNIFF]
     if p.suffix.lower() == ".tsv":
@@ -107,31 +119,45 @@ def _read_csv(p: Path) -> pd.DataFrame:
         except csv.Error:
             sep = ","
     df = None
+    caught: list[str] = []
     for engine in ("c", "python"):  # the C parser is fast; the python one copes with odder files
         try:
-            df = pd.read_csv(
-                io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, skipinitialspace=True,
-                on_bad_lines="skip", engine=engine,
-            )
+            with warnings.catch_warnings(record=True) as w:
+                warnings.simplefilter("always")
+                # index_col=False: a trailing delimiter on data rows must not turn the first column
+                # into the index and shift every other column by one
+                df = pd.read_csv(
+                    io.StringIO(text), sep=sep, dtype=str, keep_default_na=False, skipinitialspace=True,
+                    on_bad_lines="warn", engine=engine, index_col=False,
+                )
+            caught = [str(x.message) for x in w]
             break
         except pd.errors.EmptyDataError:
             raise TrainscopeError(f"{p}: no data rows") from None
-        except (pd.errors.ParserError, ValueError) as e:
+        except (pd.errors.ParserError, ValueError, csv.Error) as e:
             if engine == "python":
-                raise TrainscopeError(f"{p}: unreadable CSV ({e})") from None
-    if df.empty or len(df.columns) < 1:
+                raise TrainscopeError(f"{p}: unreadable CSV ({' '.join(str(e).split())})") from None
+    if df is None or df.empty or len(df.columns) < 1:
         raise TrainscopeError(f"{p}: no data rows")
+    skipped = sum(m.count("Skipping line") for m in caught)
+    if skipped:
+        notes.append(f"{skipped} row(s) with more fields than the header were skipped")
+    if any("Length of header" in m for m in caught):
+        lines = [ln.rstrip("\r") for ln in text.splitlines()[1:] if ln.strip()]
+        trailing = sum(1 for ln in lines if ln.endswith(sep))
+        what = f"{trailing} row(s) end with a trailing delimiter" if trailing else "some rows have an extra field"
+        notes.append(f"{what}: the empty last field is ignored")
     return df
 
 
-def _read_json(p: Path) -> pd.DataFrame:
+def _read_json(p: Path, notes: list[str]) -> pd.DataFrame:
     text = _read_text(p)
     stripped = text.lstrip()
     records: list[dict[str, Any]] = []
     if stripped.startswith(("[", "{")) and p.suffix.lower() == ".json":
         try:
             obj = json.loads(text)
-        except ValueError:
+        except (ValueError, RecursionError):
             obj = None
         if isinstance(obj, dict) and isinstance(obj.get("log_history"), list):
             # Hugging Face Trainer's trainer_state.json: train and eval records interleaved
@@ -150,28 +176,40 @@ def _read_json(p: Path) -> pd.DataFrame:
             if not line.strip():
                 continue
             try:
-                r = json.loads(line.replace("NaN", "NaN"))
-            except ValueError:
-                bad += 1  # e.g. a line cut off by a crash
+                r = json.loads(line)
+            except (ValueError, RecursionError):
+                bad += 1  # e.g. a line cut off by a crash, or nested beyond reason
                 continue
             if isinstance(r, dict):
                 records.append(r)
+            else:
+                bad += 1
         if not records:
             raise TrainscopeError(f"{p}: no JSON objects found (expected one JSON object per line)")
+        if bad:
+            notes.append(f"{bad} line(s) are not JSON objects (e.g. cut off by a crash) and were skipped")
     # strings like a CSV: a JSON null or a key missing from a record is an empty cell ("not logged
     # here"), a JSON NaN/Infinity is the string nan/inf (a real value)
-    flat = [{k: ("" if v is None else str(v)) for k, v in _flatten(r).items()} for r in records]
+    flat = []
+    for r in records:
+        f = _flatten(r)
+        flat.append({k: ("" if v is None else (repr(v) if isinstance(v, float) else str(v))) for k, v in f.items()})
     return pd.DataFrame(flat).fillna("")
 
 
-def _flatten(r: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+_MAX_DEPTH = 8
+
+
+def _flatten(r: dict[str, Any], prefix: str = "", depth: int = 0) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for k, v in r.items():
         key = f"{prefix}{k}"
         if isinstance(v, dict):
-            out.update(_flatten(v, key + "/"))
+            if depth < _MAX_DEPTH:
+                for kk, vv in _flatten(v, key + "/", depth + 1).items():
+                    out.setdefault(kk, vv)
         elif isinstance(v, (int, float, str)) or v is None:
-            out[key] = v
+            out.setdefault(key, v)
     return out
 
 
@@ -208,14 +246,87 @@ def _column_map(columns: Iterable[str], counts: dict[str, int]) -> dict[str, str
     return out
 
 
-def _numeric(col: pd.Series) -> tuple[pd.Series, pd.Series]:
-    """(values, present): empty cells are absent; nan/inf strings are real non-finite values."""
+_NONFINITE_WORDS = ["nan", "inf", "-inf", "+inf", "infinity", "-infinity", "+infinity"]
+UNUSABLE_FRAC = 0.2  # a column with at least this fraction of unparsed cells is not used at all
+INT64_MAX = 2**63 - 1
+
+
+def _numeric(col: pd.Series) -> tuple[pd.Series, pd.Series, pd.Series]:
+    """(values, present, unparsed): empty cells are absent; nan/inf strings are real non-finite
+    values; anything else that is not a number is `unparsed` (counted, never a value)."""
     s = col.astype(str).str.strip()
-    present = (s != "") & (s.str.lower() != "none") & (s.str.lower() != "null")
-    values = pd.to_numeric(s.where(present), errors="coerce")
-    nonfinite_word = s.str.lower().isin(["nan", "inf", "-inf", "+inf", "infinity", "-infinity"])
-    present &= values.notna() | nonfinite_word
-    return values.astype(float), present
+    low = s.str.lower()
+    filled = (s != "") & (low != "none") & (low != "null")
+    values = pd.to_numeric(s.where(filled), errors="coerce")
+    nonfinite_word = low.isin(_NONFINITE_WORDS)
+    present = filled & (values.notna() | nonfinite_word)
+    unparsed = filled & ~present
+    return values.astype(float), present, unparsed
+
+
+def _parse_steps(col: pd.Series, what: str, p: Path, notes: list[str]) -> pd.Series:
+    """Integer steps (float NaN where unusable); a step beyond int64 is an error, never a wrap."""
+    exact: list[int | None] = []
+    bad = fractional = 0
+    example = None
+    for raw in col.astype(str):
+        cell = raw.strip()
+        if not cell:
+            exact.append(None)
+            continue
+        v: int | None = None
+        try:
+            v = int(cell)
+        except ValueError:
+            try:
+                f = float(cell)
+            except (ValueError, OverflowError):
+                f = math.nan
+            if math.isfinite(f):
+                if f != int(f):
+                    fractional += 1
+                v = math.floor(f)
+        if v is None:
+            bad += 1
+            example = example or cell
+        elif not -INT64_MAX - 1 <= v <= INT64_MAX:
+            raise TrainscopeError(f"{p}: {what} {cell[:30]!r} does not fit a 64-bit step number; "
+                                  "steps that large are not a training log")
+        exact.append(v)
+    if bad:
+        notes.append(f"{bad} row(s) with a {what} that is not a number (e.g. {example[:20]!r}) were skipped")
+    if fractional:
+        notes.append(f"{fractional} {what} value(s) are not whole numbers and were rounded down")
+    return pd.Series(pd.array(exact, dtype="Int64"), index=col.index)
+
+
+def _order(steps: np.ndarray) -> tuple[np.ndarray, str | None]:
+    """Rows to keep, in the order to keep them, and what was done ("restart", "unsorted",
+    "duplicate" or None). A step going back a few times, each attempt logging several steps in
+    order, is a restart: the later attempt supersedes the earlier one's rows from that step on.
+    Rows in no order (a shuffled or merged file) are sorted; a step logged twice keeps its last value."""
+    n = len(steps)
+    idx = np.arange(n)
+    if n < 2:
+        return idx, None
+    back = np.flatnonzero(steps[1:] < steps[:-1]) + 1
+    if len(back) == 0:
+        dup = steps[1:] == steps[:-1]
+        if not dup.any():
+            return idx, None
+        keep = np.ones(n, dtype=bool)
+        keep[:-1] = ~dup  # the last of each run of equal steps
+        return idx[keep], "duplicate"
+    bounds = np.concatenate([[0], back, [n]])
+    seg_len = np.diff(bounds)
+    if len(back) <= 10 and (seg_len[:-1] >= 3).all() and all(
+            (np.diff(steps[a:b]) > 0).all() for a, b in zip(bounds[:-1], bounds[1:])):
+        return idx[_drop_restarts(steps)], "restart"
+    order = np.argsort(steps, kind="stable")
+    st = steps[order]
+    keep = np.ones(n, dtype=bool)
+    keep[:-1] = st[1:] != st[:-1]  # among equal steps (file order kept by the stable sort) the last wins
+    return order[keep], "unsorted"
 
 
 def _drop_restarts(steps: np.ndarray) -> np.ndarray:
@@ -236,59 +347,103 @@ def _drop_restarts(steps: np.ndarray) -> np.ndarray:
     return keep
 
 
-def _import_table(p: Path, df: pd.DataFrame, source: str, name: str | None = None) -> Run:
-    df = df.rename(columns=lambda c: str(c).strip())
+def _check_columns(p: Path, columns: Iterable[Any]) -> list[str]:
+    stripped: dict[str, str] = {}
+    for c in columns:
+        name = str(c).strip()
+        if name in stripped and name:
+            raise TrainscopeError(f"{p}: columns {stripped[name]!r} and {str(c)!r} have the same name once "
+                                  "spaces are stripped; rename one")
+        stripped[name] = str(c)
+    return list(stripped)
+
+
+def _import_table(p: Path, df: pd.DataFrame, source: str, name: str | None = None,
+                  notes: list[str] | None = None) -> Run:
+    notes = notes if notes is not None else []
+    df = df.set_axis(_check_columns(p, df.columns), axis=1)
     df = df.loc[:, [c for c in df.columns if c and not c.lower().startswith("unnamed:")]]
-    lower = {c.lower(): c for c in df.columns}
+    lower: dict[str, str] = {}
+    for c in df.columns:
+        lower.setdefault(c.lower(), c)
     step_col = next((lower[c] for c in STEP_COLUMNS if c in lower), None)
     epoch_col = next((lower[c] for c in EPOCH_COLUMNS if c in lower), None)
     epoch = _numeric(df[epoch_col])[0] if epoch_col else pd.Series(np.nan, index=df.index)
     if step_col is not None:
-        step = _numeric(df[step_col])[0]
+        step = _parse_steps(df[step_col], f"{step_col!r} value", p, notes)
     elif epoch_col is not None and epoch.notna().all() and (np.diff(epoch.to_numpy()) != 0).all():
         # an epoch-level log (Keras CSVLogger): one row per epoch, the epoch is the step; an epoch
         # going backwards is a resumed run, handled like any restart below
-        step = epoch.copy()
+        step = _parse_steps(df[epoch_col], f"{epoch_col!r} value", p, notes)
     else:
-        step = pd.Series(np.arange(len(df), dtype=float), index=df.index)
-    ok = step.notna() & np.isfinite(step)
+        step = pd.Series(np.arange(len(df)), index=df.index).astype("Int64")
+    ok = step.notna().to_numpy(dtype=bool)
     df, step, epoch = df[ok], step[ok].astype("int64"), epoch[ok]
     if df.empty:
         raise TrainscopeError(f"{p}: no rows with a usable step or epoch")
 
     skip = {step_col, epoch_col} | {c for c in df.columns if c.lower() in NON_METRICS}
     metric_cols: dict[str, tuple[pd.Series, pd.Series]] = {}
+    unusable: list[str] = []
     for c in df.columns:
         if c in skip:
             continue
-        values, present = _numeric(df[c])
-        if present.any():
-            metric_cols[c] = (values, present)
+        values, present, unparsed = _numeric(df[c])
+        n_ok, n_bad = int(present.sum()), int(unparsed.sum())
+        if n_ok == 0:
+            continue  # a text column (notes, tags): not a metric
+        if n_bad:
+            example = str(df[c][unparsed].iloc[0]).strip()[:20]
+            frac = n_bad / (n_ok + n_bad)
+            if frac >= UNUSABLE_FRAC:
+                unusable.append(c)
+                notes.append(f"column {c!r}: {n_bad} of {n_ok + n_bad} cells ({frac:.0%}) are not numbers "
+                             f"(e.g. {example!r}); the column is not used")
+                continue
+            notes.append(f"column {c!r}: {n_bad} of {n_ok + n_bad} cells are not numbers (e.g. {example!r}) "
+                         "and were left out")
+        metric_cols[c] = (values, present)
     if not metric_cols:
+        if unusable:
+            raise TrainscopeError(f"{p}: no usable metric column ({'; '.join(notes[-len(unusable):])})")
         raise TrainscopeError(f"{p}: no numeric metric columns (columns: {', '.join(map(str, df.columns))})")
     names = _column_map(metric_cols, {c: int(pr.sum()) for c, (_, pr) in metric_cols.items()})
     if not any("loss" in names[c].lower() for c in metric_cols):
+        bad_loss = [c for c in unusable if "loss" in normalize_name(c).lower()]
+        if bad_loss:
+            raise TrainscopeError(f"{p}: no usable loss column: {'; '.join(n for n in notes if n.startswith('column ' + repr(bad_loss[0])))}")
         raise TrainscopeError(
             f"{p}: no loss column (found {', '.join(metric_cols)}); name one loss, train_loss or val_loss"
         )
     frames = []
+    done: dict[str, list[str]] = {}
     for c, (values, present) in metric_cols.items():
-        # restarts per metric, in file order: validation rows interleaved with training rows of a
+        # order per metric, in file order: validation rows interleaved with training rows of a
         # later step are not a restart, a metric logged again at an earlier step is
         st = step[present].to_numpy()
-        keep = _drop_restarts(st)
+        keep, what = _order(st)
+        if what:
+            done.setdefault(what, []).append(f"{names[c]} ({len(st) - len(keep)} row(s) dropped)"
+                                             if len(keep) < len(st) else names[c])
         frames.append(pd.DataFrame({
             "step": st[keep], "name": names[c], "value": values[present].to_numpy()[keep],
             "epoch": epoch[present].to_numpy(dtype=float)[keep],
         }))
+    words = {"restart": "the step goes back (a resumed run): the later rows supersede the earlier ones from "
+                        "that step on",
+             "unsorted": "rows are not in step order: sorted by step, a step logged twice keeps its last value",
+             "duplicate": "steps logged more than once: the last value kept"}
+    for what, cols in done.items():
+        notes.append(f"{words[what]}; {', '.join(cols)}")
     scalars = pd.concat(frames, ignore_index=True)
-    return _make_run(p, scalars, source, name)
+    return _make_run(p, scalars, source, name, notes)
 
 
-def _make_run(p: Path, scalars: pd.DataFrame, source: str, name: str | None) -> Run:
+def _make_run(p: Path, scalars: pd.DataFrame, source: str, name: str | None, notes: list[str] | None = None) -> Run:
     scalars = scalars.drop_duplicates(["step", "name"], keep="last")
     scalars = scalars.sort_values(["step", "name"], kind="stable").reset_index(drop=True)
     scalars["rank"] = 0
+    scalars["attempt"] = 0
     if "time" not in scalars:
         scalars["time"] = np.nan
     cols = schema.COLUMNS[schema.SCALARS]
@@ -298,13 +453,14 @@ def _make_run(p: Path, scalars: pd.DataFrame, source: str, name: str | None) -> 
         "name": name or (p.stem if p.is_file() else p.name),
         "status": "imported",
         "source_file": str(p),
-        "steps": int(scalars["step"].max()) if len(scalars) else 0,
+        "steps": int(scalars["step"].max()) + 1 if len(scalars) else 0,
         "epochs": int(epochs.nunique()) if len(epochs) else None,
         "model": None,
         "optimizer": None,
         "scheduler": None,
         "criterion": None,
         "num_classes": None,
+        "notes": [f"{p.name}: {n}" for n in (notes or [])],
     }
     return Run(path=p, meta=meta, scalars=scalars, source=source)
 

@@ -1,9 +1,16 @@
-"""Read a run directory (or any supported log) into a `Run`, with one clear error for bad input."""
+"""Read a run directory (or any supported log) into a `Run`, with one clear error for bad input.
+
+Unreadable is not empty: a table folder that cannot be listed, a symlink loop or a chunk that
+cannot be read is an error, and so is a run that holds no rows at all. Chunks listed in the
+rank's manifest (chunks-r<rank>.json) are verified against their SHA-256; a mismatch names the
+chunk (`skip_corrupt=True` reads the rest and says what was left out in `run.meta["notes"]`).
+"""
 from __future__ import annotations
 
-import json
+import hashlib
 import os
 import socket
+import stat
 from pathlib import Path
 from typing import Any
 
@@ -14,15 +21,18 @@ import pyarrow.parquet as pq
 from trainscope.errors import TrainscopeError
 from trainscope.store import schema
 from trainscope.store.run import Run, empty_frame
+from trainscope.store.writer import meta_filename, parse_chunk_name, read_json_file
 
 _STATUS_ORDER = ("crashed", "running", "incomplete", "finished")
+_META_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (dict,), "optimizer": (dict,), "scheduler": (dict,), "criterion": (dict,), "config": (dict,),
+    "world_size": (int,), "every": (int,), "rank": (int,), "num_classes": (int,), "epochs": (int,),
+    "name": (str,), "status": (str,), "host": (str,), "disabled_hooks": (list,), "pid": (int,),
+}
 
 
 def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise TrainscopeError(f"{path}: unreadable run metadata ({e.__class__.__name__}: {e})") from None
+    data = read_json_file(path, "run metadata")
     if not isinstance(data, dict):
         raise TrainscopeError(f"{path}: run metadata is not a JSON object")
     return data
@@ -33,7 +43,7 @@ def _process_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except (PermissionError, OverflowError, ValueError):
         return True
     return True
 
@@ -43,54 +53,230 @@ def _effective_status(meta: dict[str, Any]) -> str:
     status = str(meta.get("status", "unknown"))
     if status == "running" and meta.get("host") == socket.gethostname():
         pid = meta.get("pid")
-        if isinstance(pid, int) and not _process_alive(pid):
+        if isinstance(pid, int) and not isinstance(pid, bool) and not _process_alive(pid):
             return "crashed"
     return status
 
 
-def _read_table(run_dir: Path, table: str) -> pd.DataFrame:
-    folder = run_dir / table
+def _stat(path: Path) -> os.stat_result | None:
+    """os.stat, None if the path does not exist; an error for anything unreadable (loops, permissions)."""
+    try:
+        return os.stat(path)
+    except FileNotFoundError:
+        if os.path.lexists(path):
+            raise TrainscopeError(f"{path}: dangling symlink") from None
+        return None
+    except OSError as e:
+        raise TrainscopeError(f"{path}: unreadable ({e.strerror or e})") from None
+
+
+def _listdir(folder: Path) -> list[str]:
+    try:
+        return sorted(os.listdir(folder))
+    except OSError as e:
+        raise TrainscopeError(f"{folder}: unreadable folder ({e.strerror or e})") from None
+
+
+class _Chunks:
+    """The chunks of a run directory: manifests, file names, attempts."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.dir = run_dir
+        self.listed: dict[str, dict[str, Any]] = {}  # "table/name" -> manifest entry
+        for name in _listdir(run_dir):
+            if name.startswith("chunks-r") and name.endswith(".json"):
+                data = read_json_file(run_dir / name, "chunk manifest")
+                chunks = data.get("chunks") if isinstance(data, dict) else None
+                if not isinstance(chunks, dict):
+                    raise TrainscopeError(f"{run_dir / name}: not a trainscope chunk manifest")
+                self.listed.update({k: v for k, v in chunks.items() if isinstance(v, dict)})
+        self.files: dict[str, list[tuple[str, tuple[int, int, int, int]]]] = {}
+        for table in schema.TABLES:
+            folder = run_dir / table
+            st = _stat(folder)
+            if st is None:
+                self.files[table] = []
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                raise TrainscopeError(f"{folder}: not a folder of chunks")
+            out = []
+            for name in _listdir(folder):
+                if name.startswith((".", "_")) or not name.endswith(".parquet"):
+                    continue
+                parsed = parse_chunk_name(name)
+                if parsed is None:  # a foreign parquet file someone put there: read, as before
+                    parsed = (-1, 0, -1, -1)
+                out.append((name, parsed))
+            self.files[table] = out
+
+    def attempts(self) -> set[int]:
+        found = {p[1] for files in self.files.values() for _, p in files}
+        found |= {int(e.get("attempt", 0)) for e in self.listed.values()}
+        return found
+
+    def select(self, table: str, attempt: int) -> list[tuple[Path, dict[str, Any] | None, int]]:
+        """(path, manifest entry or None, rank) of the chunks of one attempt, in write order."""
+        ranges: dict[int, list[tuple[int, int]]] = {}
+        for key, e in self.listed.items():
+            if e.get("table") == table and int(e.get("attempt", 0)) == attempt:
+                parsed = parse_chunk_name(key.split("/", 1)[1])
+                ranges.setdefault(parsed[0] if parsed else -1, []).append((int(e.get("lo", -1)), int(e.get("hi", -1))))
+        present = {name for name, _ in self.files[table]}
+        out: list[tuple[int, Path, dict[str, Any] | None, int]] = []
+        for key, e in self.listed.items():
+            t, name = key.split("/", 1)
+            if t != table or int(e.get("attempt", 0)) != attempt:
+                continue
+            parsed = parse_chunk_name(name)
+            rank = parsed[0] if parsed else -1
+            out.append((int(e.get("lo", 0)), self.dir / key, e, rank))
+            if name not in present:
+                out[-1] = (out[-1][0], self.dir / key, {**e, "_missing": True}, rank)
+        for name, (rank, att, lo, hi) in self.files[table]:
+            if f"{table}/{name}" in self.listed or att != attempt:
+                continue
+            # not in a manifest: a chunk a crash cut off before its manifest update (kept), or a
+            # leftover of a compaction whose replacement is listed (skipped)
+            if any(lo <= h and l <= hi for l, h in ranges.get(rank, [])):
+                continue
+            out.append((lo, self.dir / table / name, None, rank))
+        out.sort(key=lambda x: (x[3], x[0], x[1].name))
+        return [(p, e, r) for _, p, e, r in out]
+
+
+def _read_chunk(path: Path, entry: dict[str, Any] | None, table: str, attempt: int) -> pd.DataFrame:
     cols = schema.COLUMNS[table]
-    if not folder.is_dir():
-        return empty_frame(table)
-    chunks = sorted(p for p in folder.glob("*.parquet") if not p.name.startswith((".", "_")))
+    if entry is not None and entry.get("_missing"):
+        raise TrainscopeError(f"{path}: chunk listed in the manifest is missing (deleted or moved)")
+    st = _stat(path)
+    if st is None:
+        raise TrainscopeError(f"{path}: chunk vanished while reading")
+    if not stat.S_ISREG(st.st_mode):
+        raise TrainscopeError(f"{path}: chunk is not a regular file")
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise TrainscopeError(f"{path}: unreadable chunk ({e.strerror or e})") from None
+    if entry is not None and isinstance(entry.get("bytes"), int) and entry["bytes"] != len(data):
+        raise TrainscopeError(f"{path}: corrupt or truncated chunk ({len(data)} bytes, {entry['bytes']} written)")
+    if entry is not None and entry.get("sha256") and hashlib.sha256(data).hexdigest() != entry["sha256"]:
+        raise TrainscopeError(f"{path}: corrupt or truncated chunk (its SHA-256 differs from the manifest's: "
+                              "the file changed after it was written)")
+    try:
+        tbl = pq.read_table(pa.BufferReader(data))
+    except Exception as e:  # noqa: BLE001 - pyarrow raises many types for a damaged file
+        raise TrainscopeError(f"{path}: corrupt or truncated chunk ({type(e).__name__}: {e})") from None
+    names = set(tbl.column_names)
+    missing = [c for c in cols if c not in names and c != "attempt"]
+    if missing:
+        raise TrainscopeError(f"{path}: not a trainscope {table} chunk (missing columns {', '.join(missing)})")
+    try:
+        df = tbl.select([c for c in cols if c in names]).to_pandas()
+        if "attempt" not in names:
+            df["attempt"] = attempt
+        return df[list(cols)].astype(cols)
+    except Exception as e:  # noqa: BLE001 - wrong column types and the like
+        raise TrainscopeError(f"{path}: unreadable {table} chunk ({type(e).__name__}: {e})") from None
+
+
+def _read_table(chunks: _Chunks, table: str, attempt: int, skip_corrupt: bool, notes: list[str]) -> pd.DataFrame:
     frames = []
-    for chunk in chunks:
+    for path, entry, _ in chunks.select(table, attempt):
         try:
-            tbl = pq.read_table(chunk)
-        except (OSError, pa.ArrowException) as e:
-            raise TrainscopeError(f"{chunk}: corrupt or truncated chunk ({e})") from None
-        missing = [c for c in cols if c not in tbl.column_names]
-        if missing:
-            raise TrainscopeError(f"{chunk}: not a trainscope {table} chunk (missing columns {', '.join(missing)})")
-        frames.append(tbl.select(list(cols)).to_pandas())
+            frames.append(_read_chunk(path, entry, table, attempt))
+        except TrainscopeError as e:
+            if not skip_corrupt:
+                raise TrainscopeError(f"{e} (--skip-corrupt reads the rest)") from None
+            notes.append(f"skipped {e}")
     if not frames:
         return empty_frame(table)
-    df = pd.concat(frames, ignore_index=True)
-    return df.astype(cols)
+    return pd.concat(frames, ignore_index=True).astype(schema.COLUMNS[table])
 
 
-def load_run(path: str | os.PathLike[str]) -> Run:
-    """Load a trainscope run directory (all ranks merged; `rank` column tells them apart)."""
+def _sanitize_meta(meta: dict[str, Any], notes: list[str], where: Path) -> None:
+    """Fields of the wrong type (a hand-edited or foreign meta.json) become None, with a note."""
+    for key, types in _META_TYPES.items():
+        v = meta.get(key)
+        if v is None:
+            continue
+        if not isinstance(v, types) or (int in types and isinstance(v, bool)):
+            notes.append(f"{where}: meta field {key!r} is {type(v).__name__} {str(v)[:40]!r}, not "
+                         f"{types[0].__name__}; ignored")
+            meta[key] = None
+    steps = meta.get("steps")
+    if steps is not None and (not isinstance(steps, int) or isinstance(steps, bool) or steps < 0):
+        notes.append(f"{where}: meta field 'steps' is {str(steps)[:40]!r}, not a step count; counted from the data")
+        meta["steps"] = None
+
+
+def _metas_of_attempt(run_dir: Path, attempt: int, latest: int) -> dict[int, dict[str, Any]]:
+    """rank -> meta of one attempt (the top-level files hold each rank's latest attempt)."""
+    top: dict[int, Path] = {}
+    if _stat(run_dir / schema.META_FILE) is not None:
+        top[0] = run_dir / schema.META_FILE
+    for name in _listdir(run_dir):
+        if name.startswith("meta-r") and name.endswith(".json") and name[6:-5].isdigit():
+            top[int(name[6:-5])] = run_dir / name
+    metas: dict[int, dict[str, Any]] = {}
+    for rank, p in top.items():
+        m = _read_json(p)
+        a = m.get("attempt", 0)
+        if (a if isinstance(a, int) else 0) == attempt:
+            metas[rank] = m
+    archived = run_dir / "attempts" / f"a{attempt}"
+    if _stat(archived) is not None:
+        for name in _listdir(archived):
+            if name == schema.META_FILE:
+                metas.setdefault(0, _read_json(archived / name))
+            elif name.startswith("meta-r") and name.endswith(".json") and name[6:-5].isdigit():
+                metas.setdefault(int(name[6:-5]), _read_json(archived / name))
+    return metas
+
+
+def load_run(path: str | os.PathLike[str], attempt: int | None = None, skip_corrupt: bool = False) -> Run:
+    """Load a trainscope run directory (all ranks merged; the `rank` column tells them apart).
+
+    attempt: which attempt to read when the directory was reused (0, 1, ...; default the latest;
+    `run.meta["attempt"]` / `run.meta["attempts"]` say which was read and which exist).
+    skip_corrupt: leave out chunks that fail their checksum or cannot be read (listed in
+    `run.meta["notes"]`) instead of raising.
+    """
     run_dir = Path(path)
-    if not run_dir.exists():
+    st = _stat(run_dir)
+    if st is None:
         raise TrainscopeError(f"{run_dir}: no such run directory")
-    if not run_dir.is_dir():
+    if not stat.S_ISDIR(st.st_mode):
         raise TrainscopeError(f"{run_dir}: not a directory")
-    entries = [p for p in run_dir.iterdir() if not p.name.startswith(".")]
+    entries = [n for n in _listdir(run_dir) if not n.startswith(".")]
     if not entries:
         raise TrainscopeError(f"{run_dir}: empty directory, not a trainscope run")
-    meta_path = run_dir / schema.META_FILE
-    rank_metas = sorted(run_dir.glob("meta-r*.json"))
-    if not meta_path.exists() and not rank_metas:
-        found = ", ".join(sorted(p.name for p in entries)[:5])
+    has_meta = schema.META_FILE in entries or any(n.startswith("meta-r") and n.endswith(".json") for n in entries)
+    if not has_meta:
+        found = ", ".join(sorted(entries)[:5])
         raise TrainscopeError(f"{run_dir}: not a trainscope run (no meta.json; found {found})")
-    metas = {}
-    if meta_path.exists():
-        metas[0] = _read_json(meta_path)
-    for p in rank_metas:
-        m = _read_json(p)
-        metas[int(m.get("rank", p.stem.split("-r")[-1]))] = m
+    chunks = _Chunks(run_dir)
+    top_meta = _read_json(run_dir / meta_filename(0)) if schema.META_FILE in entries else None
+    attempts = chunks.attempts()
+    for m in ([top_meta] if top_meta else []):
+        a = m.get("attempt", 0)
+        attempts.add(a if isinstance(a, int) and not isinstance(a, bool) else 0)
+    attempts = attempts or {0}
+    latest = max(attempts)
+    if attempt is None:
+        attempt = latest
+    elif isinstance(attempt, bool) or not isinstance(attempt, int) or attempt not in attempts:
+        raise TrainscopeError(f"{run_dir}: no attempt {attempt!r}; this run holds attempt(s) "
+                              f"{', '.join(map(str, sorted(attempts)))}")
+    metas = _metas_of_attempt(run_dir, attempt, latest)
+    if not metas:  # an old store, or a rank file without its attempt: take what is there
+        metas = {0: top_meta} if top_meta else {}
+        for n in entries:
+            if n.startswith("meta-r") and n.endswith(".json") and n[6:-5].isdigit():
+                metas[int(n[6:-5])] = _read_json(run_dir / n)
+    notes: list[str] = []
+    for m in metas.values():
+        _sanitize_meta(m, notes, run_dir)
     meta = dict(metas.get(0) or metas[min(metas)])
     version = str(meta.get("schema_version", "0"))
     if version.split(".")[0] != schema.SCHEMA_VERSION.split(".")[0]:
@@ -101,33 +287,55 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     meta["ranks"] = {str(r): {"status": s, "steps": metas[r].get("steps")} for r, s in sorted(statuses.items())}
     meta["status"] = min(statuses.values(), key=lambda s: _STATUS_ORDER.index(s) if s in _STATUS_ORDER else 99)
     meta.setdefault("name", run_dir.resolve().name)
-    tables = {t: _read_table(run_dir, t) for t in schema.TABLES}
+    meta["attempt"] = attempt
+    meta["attempts"] = sorted(attempts)
+    tables = {t: _read_table(chunks, t, attempt, skip_corrupt, notes) for t in schema.TABLES}
     for t in (schema.SCALARS, schema.LAYERS, schema.EVENTS):
         tables[t] = tables[t].sort_values(["step", "rank"], kind="stable").reset_index(drop=True)
+    if all(tables[t].empty for t in (schema.SCALARS, schema.LAYERS, schema.EVENTS)):
+        more = (f"; earlier attempt(s) {', '.join(str(a) for a in sorted(attempts) if a != attempt)} "
+                "hold data (--attempt N)") if len(attempts) > 1 else ""
+        raise TrainscopeError(f"{run_dir}: the run holds no recorded data (attempt {attempt}: no step was "
+                              f"written, e.g. killed before its first flush){more}")
+    if meta.get("steps") is None:
+        steps = [int(df["step"].max()) + 1 for t, df in tables.items() if t != schema.INIT and not df.empty]
+        meta["steps"] = max(steps, default=0)
+    if notes:
+        meta["notes"] = notes
     return Run(path=run_dir, meta=meta, source="trainscope", **tables)
 
 
-def load_any(path: str | os.PathLike[str]) -> Run:
+def is_run_dir(p: Path) -> bool:
+    try:
+        return p.is_dir() and ((p / schema.META_FILE).exists() or any(p.glob("meta-r*.json")))
+    except OSError:
+        return False
+
+
+def load_any(path: str | os.PathLike[str], attempt: int | None = None, skip_corrupt: bool = False) -> Run:
     """A run directory, or a metrics log (CSV/TSV, JSON lines, TensorBoard events); a folder that is
     neither is searched for one (`store.discover`: a trainscope run, trainer_state.json, metrics.csv,
     TensorBoard events inside it)."""
     from trainscope.store.discover import discover
 
     given = Path(path)
+    _stat(given)  # a symlink loop or an unreadable path is an error, not "nothing found"
     p = discover(given)
-    if p.is_dir() and ((p / schema.META_FILE).exists() or any(p.glob("meta-r*.json"))):
-        run = load_run(p)
+    if is_run_dir(p):
+        run = load_run(p, attempt=attempt, skip_corrupt=skip_corrupt)
     else:
         run = None
-        if p.exists():
+        if _stat(p) is not None:
             try:
                 from trainscope.store import importers
             except ImportError:  # pragma: no cover - importers ship with the package
                 importers = None
             if importers is not None and importers.is_log(p):
+                if attempt is not None:
+                    raise TrainscopeError(f"{p}: a metrics log has no attempts (--attempt is for run directories)")
                 run = importers.import_log(p)
         if run is None:
-            run = load_run(p)
+            run = load_run(p, attempt=attempt, skip_corrupt=skip_corrupt)
     if p != given:
         run.meta["found_in"] = str(given)
     return run

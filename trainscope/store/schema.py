@@ -4,9 +4,10 @@ Bump SCHEMA_VERSION on any incompatible change; the reader refuses newer majors.
 """
 from __future__ import annotations
 
-SCHEMA_VERSION = "1.0"
+SCHEMA_VERSION = "1.1"  # 1.1: attempt column, chunk manifest with checksums
 
-# Each table is a folder of Parquet chunks: RUN/<table>/r<rank>-<seq>.parquet.
+# Each table is a folder of Parquet chunks: RUN/<table>/r<rank>-a<attempt>-<seq>-p<pid>.parquet
+# (schema 1.0: r<rank>-<seq>.parquet), listed with their SHA-256 in RUN/chunks-r<rank>.json.
 # pandas reads a whole table with pd.read_parquet("RUN/<table>").
 SCALARS = "scalars"
 LAYERS = "layers"
@@ -24,6 +25,7 @@ SCALAR_COLUMNS: dict[str, str] = {
     "epoch": "float64",  # NaN where unknown
     "rank": "int32",
     "time": "float64",  # seconds since the probe started
+    "attempt": "int32",  # which run of the script wrote the row (0, 1, ...; see docs/run-store.md)
 }
 
 # Stat columns are NaN where they do not apply to a kind.
@@ -47,6 +49,7 @@ LAYER_COLUMNS: dict[str, str] = {
     "order": "int32",  # forward execution order (input -> output), -1 if unknown
     **{s: "float64" for s in LAYER_STATS},
     "rank": "int32",
+    "attempt": "int32",
 }
 LAYER_KINDS = ("grad", "activation", "weight", "update")
 
@@ -57,6 +60,7 @@ EVENT_COLUMNS: dict[str, str] = {
     "value": "float64",
     "detail": "string",  # JSON object with kind-specific fields
     "rank": "int32",
+    "attempt": "int32",
 }
 
 INIT_COLUMNS: dict[str, str] = {
@@ -75,6 +79,7 @@ INIT_COLUMNS: dict[str, str] = {
     "scheme": "string",  # the scheme that best explains var (e.g. torch_default, he_normal)
     "normalized_after": "bool",  # a normalization layer sits between it and the nonlinearity
     "rank": "int32",
+    "attempt": "int32",
 }
 
 COLUMNS = {SCALARS: SCALAR_COLUMNS, LAYERS: LAYER_COLUMNS, EVENTS: EVENT_COLUMNS, INIT: INIT_COLUMNS}
