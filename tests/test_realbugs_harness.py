@@ -32,8 +32,9 @@ def test_every_case_is_well_formed_and_split_by_hash():
     assert {c.split for c in harness.select(cases, "holdout")} <= {"holdout"}
 
 
-def _case(cid, labels, also_ok=(), kind="program"):
-    return harness.Case(cid, kind, f"/x/{cid}.py", "https://example.org", "", list(labels), list(also_ok))
+def _case(cid, labels, also_ok=(), kind="program", fixed_ok=()):
+    return harness.Case(cid, kind, f"/x/{cid}.py", "https://example.org", "", list(labels), list(also_ok),
+                        fixed_ok=list(fixed_ok))
 
 
 def _rec(cid, variant, *findings, status="ok"):
@@ -42,7 +43,8 @@ def _rec(cid, variant, *findings, status="ok"):
 
 def test_score_table_counts():
     cases = [_case("a", ["missing-zero-grad"], ["divergence"]), _case("b", ["loss-shape-mismatch"]),
-             _case("c", ["unshuffled-data"]), _case("log1", ["divergence"], kind="log"),
+             _case("c", ["unshuffled-data"]), _case("d", ["missing-zero-grad"], fixed_ok=["no-validation"]),
+             _case("log1", ["divergence"], kind="log"),
              _case("log2", [], kind="log")]
     records = [
         # found its label; the also_ok symptom and an info finding are not wrong; one wrong warning
@@ -53,19 +55,23 @@ def test_score_table_counts():
         _rec("b", "fixed"),
         _rec("c", "buggy", status="trainscope-crash"),
         _rec("c", "fixed", ("oscillation", "warning"), ("lr-too-high", "warning")),
+        # no-validation is true of both programs: neither wrong on the buggy run nor a false alarm
+        _rec("d", "buggy", ("missing-zero-grad", "error"), ("no-validation", "warning")),
+        _rec("d", "fixed", ("no-validation", "warning")),
         _rec("log1", "log", ("divergence", "error")),
         _rec("log2", "log", ("overfitting", "warning")),  # a healthy log: a false alarm
     ]
     r = score.score(cases, records)
     t, o = r["table"], r["overall"]
-    assert t["missing-zero-grad"] == {"found": 1, "missed": 0, "wrong": 0, "false_alarm": 0}
+    assert t["missing-zero-grad"] == {"found": 2, "missed": 0, "wrong": 0, "false_alarm": 0}
+    assert "no-validation" not in t
     assert t["loss-shape-mismatch"]["missed"] == 1 and t["unshuffled-data"]["missed"] == 1
     assert t["divergence"] == {"found": 1, "missed": 0, "wrong": 0, "false_alarm": 0}
     assert t["poor-initialization"] == {"found": 0, "missed": 0, "wrong": 1, "false_alarm": 1}
     assert t["overfitting"]["false_alarm"] == 1 and "slow-start" not in t
-    assert (o["found"], o["missed"], o["wrong"], o["false_alarms"]) == (2, 2, 1, 4)
-    assert o["recall"] == 0.5
-    assert (o["fixed_programs"], o["fixed_with_warning"]) == (3, 2)
+    assert (o["found"], o["missed"], o["wrong"], o["false_alarms"]) == (3, 2, 1, 4)
+    assert o["recall"] == 0.6
+    assert (o["fixed_programs"], o["fixed_with_warning"], o["fixed_with_fixed_ok_warning"]) == (4, 2, 1)
     assert (o["healthy_logs"], o["healthy_logs_with_warning"]) == (1, 1)
     assert len(o["crashes"]) == 1 and "trainscope-crash" in o["crashes"][0]
     text = score.format_table(r)

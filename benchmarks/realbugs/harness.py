@@ -39,7 +39,7 @@ REPO = HERE.parents[1]
 PROGRAMS = HERE / "programs"
 LOGS = HERE / "logs"
 TRAINSCOPE_DIR = (REPO / "trainscope").resolve()
-CASE_KEYS = ("id", "source", "summary", "labels", "also_ok", "fix")
+CASE_KEYS = ("id", "source", "summary", "labels", "also_ok", "fix", "fixed_ok")
 
 
 @dataclass
@@ -52,6 +52,7 @@ class Case:
     labels: list[str]
     also_ok: list[str]
     fix: str = ""
+    fixed_ok: list[str] = field(default_factory=list)  # true of the fixed program too (e.g. it logs no validation)
 
     @property
     def split(self) -> str:
@@ -98,7 +99,8 @@ def _make_case(meta: dict[str, Any], kind: str, path: Path) -> Case:
     if meta["id"] != path.stem:
         raise ValueError(f"{path}: CASE id {meta['id']!r} is not the file name {path.stem!r}")
     return Case(id=meta["id"], kind=kind, path=str(path), source=meta["source"], summary=meta.get("summary", ""),
-                labels=list(meta["labels"]), also_ok=list(meta.get("also_ok", [])), fix=meta.get("fix", ""))
+                labels=list(meta["labels"]), also_ok=list(meta.get("also_ok", [])), fix=meta.get("fix", ""),
+                fixed_ok=list(meta.get("fixed_ok", [])))
 
 
 def discover(programs: Path | str = PROGRAMS, logs: Path | str = LOGS) -> list[Case]:
