@@ -4,12 +4,20 @@ hands them to the writer.
 Collectors append device tensors and Python numbers; nothing here syncs until `flush()`, which
 concatenates every device vector per device and copies it to the host once. The first NaN/Inf of
 the loss, the gradient norm and each layer statistic kind becomes a `nonfinite` event.
+
+A flush cannot lose data: values given to `probe.log()` are checked one by one when they are
+logged (a bad one is dropped with one warning naming it and a `value_dropped` event, never the
+batch); a flush first converts everything to host rows ("staged"), and a table's staged rows are
+released only once the writer has renamed their chunk into place. A failed write keeps them for
+the next flush, with a warning, and never raises into a training hook.
 """
 from __future__ import annotations
 
 import json
 import math
+import numbers
 import time
+import warnings
 from collections import defaultdict
 from typing import Any, Callable
 
@@ -50,6 +58,11 @@ class RunBuffer:
         self.scalar_sources: list[ScalarSource] = []  # drained at flush, before the logged values
         self.order: dict[str, int] = {}  # forward order of the layers, filled after the first forward
         self.meta_fn: Callable[[str | None], None] = lambda status: None  # writes meta.json after a flush
+        # host rows waiting for their chunk: table -> [{column: list}, ...]; released after the write
+        self.staged: dict[str, list[dict[str, list]]] = {t: [] for t in schema.TABLES}
+        self.max_staged_rows = max(1_000_000, 10 * int(min(flush_rows, 10**8)))
+        self.dropped: dict[str, str] = {}  # probe.log names dropped at least once -> why
+        self.write_failures = 0  # flushes in a row whose write failed
 
     # -------------------------------------------------------------- appending (no host sync)
     def now(self) -> float:
@@ -68,64 +81,136 @@ class RunBuffer:
         self.pending_rows += 1
 
     def log(self, step: int, epoch: float, values: dict[str, Any]) -> None:
-        self.logged.append((step, epoch, self.now(), values))
-        self.pending_rows += len(values)
+        """Buffer probe.log values, each checked now: a bad one is dropped alone (see check_value)."""
+        good: dict[str, Any] = {}
+        for key, v in values.items():
+            if v is None:
+                continue
+            try:
+                good[str(key)] = check_value(v)
+            except ValueError as e:
+                self._drop(str(key), str(e), step)
+        if good:
+            self.logged.append((step, epoch, self.now(), good))
+            self.pending_rows += len(good)
+
+    def _drop(self, key: str, why: str, step: int) -> None:
+        if key in self.dropped:
+            return
+        self.dropped[key] = why
+        warnings.warn(f"trainscope: probe.log({key}=...) dropped: {why}; the other values are kept "
+                      "(said once per name)", RuntimeWarning, stacklevel=4)
+        self.event(step, "value_dropped", "", float("nan"), {"name": key, "reason": why})
+
+    def append(self, table: str, columns: dict[str, list]) -> None:
+        """Rows already on the host (e.g. the init table): written at the next flush."""
+        self.staged[table].append({k: list(v) for k, v in columns.items()})
 
     def due(self) -> bool:
         return self.pending_rows >= self.flush_rows or time.monotonic() - self.last_flush >= self.flush_seconds
 
     # -------------------------------------------------------------- flushing
     def flush(self, final_status: str | None = None) -> None:
+        """Stage everything buffered as host rows, then write each table's staged rows as one chunk.
+        Rows are released only after their chunk is in place; a failed write is retried next time."""
         self.last_flush = time.monotonic()
+        self._stage()
+        failed = self._write_staged()
+        try:
+            self.meta_fn(final_status)
+        except Exception as e:  # noqa: BLE001 - meta.json is rewritten at the next flush
+            failed = failed or f"meta.json: {type(e).__name__}: {e}"
+        if failed:
+            self.write_failures += 1
+            if self.write_failures == 1 or final_status is not None:
+                n = sum(len(next(iter(c.values()), [])) for parts in self.staged.values() for c in parts)
+                later = ("they are lost: the run is closing" if final_status is not None
+                         else "retrying at the next flush")
+                warnings.warn(f"trainscope: could not write the run store ({failed}); {n} rows kept, {later}",
+                              RuntimeWarning, stacklevel=3)
+        else:
+            self.write_failures = 0
+
+    def _stage(self) -> None:
         scalars = self.scalars
+        self.scalars = []
         for source in self.scalar_sources:
             scalars = scalars + source()
-        scalars, self.scalars = scalars + self._expand_logged(), []
+        scalars = scalars + self._expand_logged()
         layers, self.layers = self.layers, []
         self.pending_rows = 0
         if scalars:
-            values = to_host([v for _, _, v, _, _ in scalars])
+            values, scalars = _host_rows(scalars, lambda rows: to_host([r[2] for r in rows]), self._lost)
             self._nonfinite_from_scalars(scalars, values)
-            self.writer.append(schema.SCALARS, {
+            self.staged[schema.SCALARS].append({
                 "step": [r[0] for r in scalars], "name": [r[1] for r in scalars], "value": values,
                 "epoch": [r[3] for r in scalars], "time": [r[4] for r in scalars]})
         if layers:
-            mats = [_FINALIZE[r[2]](raw, r[5]) for r, raw in zip(layers, raw_to_host([r[4] for r in layers]))]
-            cols: dict[str, list] = {
-                "step": [r[0] for r in layers], "layer": [r[1] for r in layers], "kind": [r[2] for r in layers],
-                "module_type": [r[3] for r in layers], "order": [self.order.get(r[1], -1) for r in layers]}
-            for i, stat in enumerate(schema.LAYER_STATS):
-                cols[stat] = [row[i] for row in mats]
-            self._nonfinite_from_layers(cols)
-            self.writer.append(schema.LAYERS, cols)
+            def convert(rows: list) -> list:
+                return [_FINALIZE[r[2]](raw, r[5]) for r, raw in zip(rows, raw_to_host([r[4] for r in rows]))]
+
+            mats, layers = _host_rows(layers, convert, self._lost)
+            if layers:
+                cols: dict[str, list] = {
+                    "step": [r[0] for r in layers], "layer": [r[1] for r in layers], "kind": [r[2] for r in layers],
+                    "module_type": [r[3] for r in layers], "order": [self.order.get(r[1], -1) for r in layers]}
+                for i, stat in enumerate(schema.LAYER_STATS):
+                    cols[stat] = [row[i] for row in mats]
+                self._nonfinite_from_layers(cols)
+                self.staged[schema.LAYERS].append(cols)
         events, self.events = self.events, []
         if events:
-            self.writer.append(schema.EVENTS, {
+            self.staged[schema.EVENTS].append({
                 "step": [e[0] for e in events], "kind": [e[1] for e in events], "layer": [e[2] for e in events],
                 "value": [e[3] for e in events],
                 "detail": [json.dumps(jsonable(e[4])) for e in events]})
+        self._cap_staged()
+
+    def _lost(self, what: str, e: BaseException) -> None:
+        warnings.warn(f"trainscope: a recorded value could not be copied to the host and was left out ({what}: "
+                      f"{type(e).__name__}: {e})", RuntimeWarning, stacklevel=4)
+
+    def _cap_staged(self) -> None:
+        """Writes failing for a long time: keep the newest rows, not an unbounded backlog."""
+        total = sum(len(next(iter(c.values()), [])) for parts in self.staged.values() for c in parts)
+        while total > self.max_staged_rows:
+            table = max(self.staged, key=lambda t: len(self.staged[t]))
+            if len(self.staged[table]) <= 1:
+                break
+            old = self.staged[table].pop(0)
+            n = len(next(iter(old.values()), []))
+            total -= n
+            warnings.warn(f"trainscope: the run store has not been writable for a while; {n} old {table} rows "
+                          "dropped to bound memory", RuntimeWarning, stacklevel=4)
+
+    def _write_staged(self) -> str | None:
+        failed = None
+        for table in schema.TABLES:
+            parts = self.staged[table]
+            if not parts:
+                continue
+            keys = list(dict.fromkeys(k for part in parts for k in part))
+            cols: dict[str, list] = {k: [] for k in keys}
+            for part in parts:
+                n = len(next(iter(part.values()), []))
+                for k in keys:
+                    cols[k].extend(part.get(k, [None] * n))
+            try:
+                self.writer.append(table, cols)
+            except Exception as e:  # noqa: BLE001 - disk full, permissions, ...: keep the rows, retry later
+                self.staged[table] = [cols]
+                failed = failed or f"{table}: {type(e).__name__}: {e}"
+                continue
+            self.staged[table] = []
         self.writer.next_chunk()
-        self.meta_fn(final_status)
+        return failed
 
     def _expand_logged(self) -> list[ScalarRow]:
         rows: list[ScalarRow] = []
         logged, self.logged = self.logged, []
-        bad: list[str] = []
         for s, epoch, now, values in logged:
             for key, v in values.items():
-                if v is None:
-                    continue
-                if isinstance(v, Tensor):
-                    v = v.float().mean() if v.numel() != 1 else v.reshape(())
-                else:
-                    try:
-                        v = float(v)
-                    except (TypeError, ValueError):
-                        bad.append(str(key))
-                        continue
-                rows.append((s, str(key), v, epoch, now))
-        if bad:
-            self.guard.failed("log", ValueError(f"not a number: {', '.join(sorted(set(bad)))}"))
+                rows.append((s, key, v, epoch, now))
         return rows
 
     def _nonfinite_from_scalars(self, rows: list[ScalarRow], values: list[float]) -> None:
@@ -152,6 +237,52 @@ class RunBuffer:
                 continue
             self.seen_nonfinite.add(tag)
             self.event(step, "nonfinite", layer, float("nan"), {"tensor": kind, "first_layer": layer})
+
+
+def check_value(v: Any) -> Any:
+    """A probe.log value as a float or a 0-d dense tensor, or ValueError saying why it is not one."""
+    if isinstance(v, Tensor):
+        if v.layout != torch.strided:
+            raise ValueError(f"a {str(v.layout).replace('torch.', '')} tensor (log t.to_dense() or a number)")
+        if v.device.type == "meta":
+            raise ValueError("a meta-device tensor has no values")
+        if v.is_complex():
+            raise ValueError("a complex tensor (log its .abs() or .real)")
+        if v.numel() == 0:
+            raise ValueError("an empty tensor")
+        v = v.detach()
+        return v.reshape(()) if v.numel() == 1 else v.float().mean()
+    if isinstance(v, bool):
+        return float(v)
+    if isinstance(v, (int, float)) or (isinstance(v, np.generic) and v.dtype.kind in "biuf"):
+        try:
+            f = float(v)
+        except OverflowError:
+            raise ValueError(f"{type(v).__name__} {str(v)[:20]}... is too large for a float") from None
+        if isinstance(v, int) and math.isinf(f):
+            raise ValueError("too large for a float")
+        return f
+    if isinstance(v, str):
+        raise ValueError(f"a string {v[:20]!r}, not a number")
+    if isinstance(v, numbers.Number):
+        raise ValueError(f"a {type(v).__name__}, not a float, int or tensor (convert it with float())")
+    raise ValueError(f"a {type(v).__name__}, not a number")
+
+
+def _host_rows(rows: list, convert: Callable[[list], list], lost: Callable[[str, BaseException], None]) -> tuple[list, list]:
+    """convert(rows) for all rows at once; if that fails, row by row, leaving out the rows that fail."""
+    try:
+        return convert(rows), rows
+    except Exception:  # noqa: BLE001 - find the one bad value instead of losing the batch
+        pass
+    values, kept = [], []
+    for r in rows:
+        try:
+            values.extend(convert([r]))
+            kept.append(r)
+        except Exception as e:  # noqa: BLE001
+            lost(f"{r[1]} at step {r[0]}", e)
+    return values, kept
 
 
 def to_host(values: list[Any]) -> list[float]:

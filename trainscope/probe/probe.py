@@ -40,7 +40,7 @@ from trainscope.probe.loop_facts import LoopFacts
 from trainscope.probe.params import ParamStats, layers_with_params
 from trainscope.probe.trace import ForwardTrace
 from trainscope.probe.util import dist_rank_world, first_tensor, jsonable, unwrap
-from trainscope.store.writer import RunWriter, new_meta
+from trainscope.store.writer import RunWriter, default_run_dir, new_meta
 
 
 class Probe:
@@ -61,6 +61,7 @@ class Probe:
         flush_rows: int = 50_000,
         name: str | None = None,
         config: dict[str, Any] | None = None,
+        resume: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"trainscope.watch needs an nn.Module, got {type(model).__name__}")
@@ -73,9 +74,9 @@ class Probe:
         self.record_activations = activations and not self.compiled
         self.rank, self.world_size = dist_rank_world()
         if run_dir is None:
-            run_dir = Path("runs") / f"{type(self.model).__name__}-{time.strftime('%Y%m%d-%H%M%S')}"
+            run_dir = default_run_dir(type(self.model).__name__)  # always inside ./runs
         self.run_dir = Path(run_dir)
-        self.writer = RunWriter(self.run_dir, rank=self.rank)
+        self.writer = RunWriter(self.run_dir, rank=self.rank, resume=resume)
         self._closed = False
         self._handles: list[Any] = []
         self._post_handle: Any = None  # the model's forward hook, registered only for forwards that need it
@@ -87,12 +88,14 @@ class Probe:
         self.clock = StepClock(self.guard, every=self.every, optimizer=optimizer,
                                sentinel=pick_sentinel([p for _, _, _, ps in layers for p in ps]))
         self.clock.now = self.buffer.now
+        self.clock.step = self.clock.fwd_step = self.writer.start_step  # resume=True: continue the steps
         self.params = ParamStats(layers, self.buffer, self.clock, grad_norm_every=max(1, int(grad_norm_every)),
                                  has_optimizer=optimizer is not None)
         self.loop = LoopFacts(self.buffer, self.clock, optimizer=optimizer, scheduler=scheduler)
         self.clock.collectors = [self.params, self.loop]
         self.clock.after_step = self._after_step
-        self.trace = ForwardTrace(self.model, self.buffer, self.writer, compiled=self.compiled)
+        # the init table goes through the buffer too: written at a flush, retried if the write fails
+        self.trace = ForwardTrace(self.model, self.buffer, self.buffer, compiled=self.compiled)
         self.activations = ActivationHooks(self.model, {n for n, _, _, _ in layers}, self.buffer, self.guard,
                                            self.trace.note)
         self.criterion_watch = CriterionWatch(criterion, self.buffer, self.clock, self.guard)
@@ -111,7 +114,8 @@ class Probe:
         )
         self._install()
         self._write_meta()
-        self.buffer.event(0, "run", "", float("nan"), {"what": "start"})
+        self.buffer.event(self.clock.step, "run", "", float("nan"),
+                          {"what": "resume" if self.writer.resumed else "start", "attempt": self.writer.attempt})
         _LIVE.add(self)
 
     # ------------------------------------------------------------------ public API
@@ -263,6 +267,8 @@ def watch(model: nn.Module, run_dir: str | os.PathLike[str] | None = None, **opt
     grad_norm_every: the global gradient norm at each of the first 200 steps, then every this many
         steps (default 10) and on recorded steps.
     flush_seconds, flush_rows: how often buffered rows are written (default 10 s / 50 000 rows).
+    resume: continue the run already in `run_dir` (same attempt, steps go on from the last recorded
+        step) instead of starting a new attempt next to it (docs/run-store.md).
     name, config: the run's name and any JSON-able dict to keep in meta.json.
     """
     return Probe(model, run_dir, **options)

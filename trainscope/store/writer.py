@@ -319,7 +319,10 @@ class RunWriter:
         if table == schema.INIT:
             self._has_init = True
         if self._level_count(table, 0) >= self.compact_every:
-            self.compact(table)
+            try:
+                self.compact(table)
+            except Exception:  # noqa: BLE001 - the small chunks stay valid and listed
+                pass
 
     def _write_chunk(self, table: str, tbl: pa.Table, lo: int, hi: int, level: int = 0) -> str:
         rng = f"{lo:06d}" if lo == hi else f"{lo:06d}_{hi:06d}"
@@ -338,7 +341,13 @@ class RunWriter:
             raise
         key = f"{table}/{name}"
         self._manifest[key] = _entry(table, self.attempt, lo, hi, data, tbl, level)
-        self._save_manifest()
+        try:
+            self._save_manifest()
+        except BaseException:
+            # not recorded: take the chunk back, so that the caller's retry cannot write its rows twice
+            self._manifest.pop(key, None)
+            _unlink(final)
+            raise
         self.bytes_written += len(data)
         return key
 
