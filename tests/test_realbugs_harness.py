@@ -132,3 +132,19 @@ def test_holdout_meets_issue_8_targets():
     print("\n" + score.format_cases(r) + "\n\n" + score.format_table(r) + "\n\n" + score.format_overall(r))
     o = r["overall"]
     assert o["recall"] >= 0.85 and o["fixed_with_warning"] <= 1, textwrap.shorten(str(o), 2000)
+
+
+def test_cli_rescores_saved_records(tmp_path, capsys):
+    """--records re-scores an earlier --json run without running anything."""
+    cid = "so_64621585_adam_weight_decay"
+    saved = {"wall_s": 1.0, "records": [
+        harness.record_dict(_rec(cid, "buggy", ("adam-l2-weight-decay", "warning"), ("overfitting", "warning"))),
+        harness.record_dict(_rec(cid, "fixed", ("lr-too-high", "warning")))]}
+    path = tmp_path / "saved.json"
+    path.write_text(json.dumps(saved))
+    out_json = tmp_path / "out.json"
+    assert score.main(["--only", cid, "--records", str(path), "--quiet", "--json", str(out_json)]) == 0
+    out = capsys.readouterr().out
+    assert "recall: 1/1 = 1.00" in out and "fixed programs with any warning: 1/1" in out
+    result = json.loads(out_json.read_text())
+    assert result["table"]["lr-too-high"]["false_alarm"] == 1 and result["overall"]["wrong"] == 0

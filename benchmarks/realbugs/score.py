@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="+", metavar="CASE", help="only these case ids")
     ap.add_argument("--timeout", type=float, default=180.0, help="seconds per run (default 180)")
     ap.add_argument("--quiet", action="store_true", help="no per-case lines")
+    ap.add_argument("--records", metavar="JSON", help="re-score the records of an earlier --json run (runs nothing)")
     args = ap.parse_args(argv)
 
     cases = harness.select(harness.discover(), args.split, args.only)
@@ -154,8 +155,18 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet:
             print(f"  ran {rec.case} [{rec.variant}] {rec.status} in {rec.wall_s:.1f} s", file=sys.stderr, flush=True)
 
-    records = harness.run_all(cases, jobs=args.jobs, timeout=args.timeout, progress=progress)
-    wall = time.perf_counter() - t
+    if args.records:
+        wanted = {c.id for c in cases}
+        saved = json.loads(Path(args.records).read_text(encoding="utf-8"))
+        records = [harness.Record(**r) for r in saved["records"] if r["case"] in wanted]
+        missing = wanted - {r.case for r in records}
+        cases = [c for c in cases if c.id not in missing]
+        if missing:
+            print(f"not in {args.records} (left out): {sorted(missing)}", file=sys.stderr)
+        wall = float(saved.get("wall_s", 0.0))
+    else:
+        records = harness.run_all(cases, jobs=args.jobs, timeout=args.timeout, progress=progress)
+        wall = time.perf_counter() - t
     result = score(cases, records)
     print(f"split: {args.split}")
     if not args.quiet:
