@@ -92,6 +92,23 @@ def test_reduce_columns_keeps_max_and_bad_cells() -> None:
     assert cols.step_lo[0] == 0 and cols.step_hi[-1] == 9990
 
 
+def test_reduce_columns_puts_buckets_on_a_uniform_step_grid() -> None:
+    """Equal spans of steps (so plotly draws the heatmap as one scaled image), whatever the recording."""
+    steps = np.concatenate([np.arange(200), np.arange(200, 100_000, 100)])  # dense start, then every 100
+    steps = steps[(steps < 40_000) | (steps >= 60_000)]  # and a gap with nothing recorded
+    m = np.ones((2, len(steps)))
+    spike = int(np.flatnonzero(steps == 77_700)[0])
+    m[0, spike] = 1e4
+    cols = reduce_columns(m, steps, max_cols=100)
+    width = np.diff(cols.step_lo)
+    assert len(cols.step_lo) <= 100 and np.all(width == width[0]), "columns must be equally spaced"
+    assert cols.step_lo[0] == 0 and cols.step_hi[-1] == steps[-1]
+    assert np.nanmax(cols.values[0]) == 1e4  # the one-step spike survives
+    gap = (cols.step_lo >= 40_000) & (cols.step_hi < 60_000)
+    assert gap.any() and np.isnan(cols.values[:, gap]).all()  # nothing recorded there: empty columns
+    assert np.isfinite(cols.values[:, ~gap]).all()
+
+
 # ----------------------------------------------------------------------------- a real healthy run
 
 
@@ -103,13 +120,39 @@ def healthy_html() -> str:
 
 def test_self_contained_offline(healthy_html: str) -> None:
     html = healthy_html
-    assert html.count("plotly.js v") == 1, "plotly.js must be embedded exactly once"
+    assert len(re.findall(r"\* plotly\.js (\([^)]*\) )?v\d", html)) == 1, "plotly.js must be embedded exactly once"
     assert not re.search(r'<script[^>]+src=', html), "no external scripts"
     # the plotly.js bundle mentions URLs (map tiles, topojson) it never fetches for these figures;
     # the browser test checks that opening the page makes no request at all
-    own = re.sub(r"<script>[^<]*plotly\.js v.*?</script>", "", html, flags=re.S)
+    own = re.sub(r"<script>[^<]*plotly\.js (\([^)]*\) )?v.*?</script>", "", html, flags=re.S)
     assert "cdn.plot.ly" not in own and not re.search(r'(src|href)="(https?:)?//', own)
     assert "Content-Security-Policy" in html and "default-src 'none'" in html
+
+
+def test_partial_plotly_bundle_only_when_it_matches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The small cartesian bundle when it is the installed plotly's version and covers every trace."""
+    from trainscope.report import html as H
+
+    run = synthetic_run(300, 3, every=10, epochs=3)
+    text = render_report(run, [])
+    partial = H._partial_js()
+    assert partial is not None, "the vendored plotly-cartesian.min.js is missing"
+    if partial[1] == H._plotly_js_version():
+        assert "plotly.js (cartesian - minified) v" in text and "(cartesian bundle) embedded" in text
+        assert len(text.encode()) < 2_500_000  # the full bundle alone is 4.8 MB
+    monkeypatch.setattr(H, "_plotly_js_version", lambda: "0.0.0-other")
+    other = render_report(run, [])
+    assert "(cartesian - minified)" not in other and H._plotly_js() in other
+    monkeypatch.undo()
+    assert H.plotly_bundle({"scatter", "scattergl"})[0] == H._plotly_js()  # a trace type it lacks: full
+
+
+def test_figure_containers_have_their_height_before_drawing(healthy_html: str) -> None:
+    """Figures draw lazily: an empty container of the wrong height would make the page jump."""
+    figs = figures_of(healthy_html)
+    for target, spec in figs.items():
+        m = re.search(rf'<div class="ts-figure" id="{target}" style="height:(\d+)px">', healthy_html)
+        assert m and int(m.group(1)) == spec["layout"]["height"], target
 
 
 def test_healthy_run_has_every_recorded_section(healthy_html: str) -> None:

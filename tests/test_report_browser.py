@@ -106,6 +106,24 @@ def test_every_sample_run_renders(tmp_path: Path) -> None:
     assert not problems, "\n".join(problems)
 
 
+def test_figures_below_the_first_screen_draw_when_scrolled_to(tmp_path: Path) -> None:
+    """Lazy drawing is real: opening draws the first screen only; scrolling draws the rest, cleanly."""
+    from trainscope.report.synthetic import synthetic_run
+
+    run = synthetic_run(3000, 30, every=10, epochs=10, diverge_at=2900, dead_layer=12)
+    html = write_report(run, [], tmp_path / "lazy.html")  # no finding cards: the loss curves are on screen one
+    with Browser() as browser:
+        first = browser.open(html, draw_all=False)
+        scrolled = browser.open(html, shot_dir(tmp_path) / "lazy.png", full_page=False)
+    assert first.ready is True and first.console_errors == []
+    assert 0 < first.rendered < first.figures, (first.rendered, first.figures)
+    assert first.first_ms > 0
+    assert scrolled.ready is True and scrolled.console_errors == [] and scrolled.network_requests == []
+    assert scrolled.rendered == scrolled.figures == first.figures
+    assert set(scrolled.timings) == {f"plot-{s}" for s in ("loss", "metrics", "lr", "grad", "grad-norm", "act-dead",
+                                                          "act-stats", "update")}
+
+
 def test_the_checker_sees_errors_requests_and_dialogs(tmp_path: Path) -> None:
     """The browser checks above can fail: a page that errs, fetches and alerts is caught."""
     page = tmp_path / "bad.html"

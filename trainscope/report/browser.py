@@ -51,8 +51,9 @@ class PageCheck:
     figures: int = 0  # figure containers in the page
     rendered: int = 0  # of those, drawn by plotly (.js-plotly-plot with a .main-svg)
     ready: Any = None  # window.__trainscopeReady: true, or "error: ..."
-    load_ms: float = 0.0  # navigation start -> every figure drawn
-    first_ms: float = 0.0  # navigation start -> first figure (the top of the page) drawn
+    load_ms: float = 0.0  # navigation start -> every figure drawn (scrolled into view one by one)
+    first_ms: float = 0.0  # navigation start -> the figures of the first screen drawn
+    timings: dict[str, float] = field(default_factory=dict)  # ms each figure took to draw, by element id
     page: dict[str, Any] = field(default_factory=dict)  # result of the `probe_js` expression
     # renderer main-thread busy seconds (Performance.getMetrics: TaskDuration, ScriptDuration, ...):
     # less sensitive than wall time to other processes on a shared machine
@@ -175,9 +176,21 @@ COUNT_JS = """JSON.stringify({
   figures: document.querySelectorAll('.ts-figure').length,
   rendered: Array.from(document.querySelectorAll('.ts-figure')).filter(
       d => d.classList.contains('js-plotly-plot') && d.querySelector('.main-svg')).length,
-  load_ms: window.__trainscopeLoadMs || 0,
-  first_ms: window.__trainscopeFirstMs || 0
+  load_ms: window.__trainscopeAllMs || window.__trainscopeLoadMs || 0,
+  first_ms: window.__trainscopeFirstMs || 0,
+  timings: window.__trainscopeTimings || {}
 })"""
+DRAWN_ALL_JS = ("window.__trainscopeFigures === undefined || window.__trainscopeDrawn >= window.__trainscopeFigures"
+                " || typeof window.__trainscopeReady === 'string'")
+# The report draws figures lazily, when they come near the viewport: scroll to the first one not
+# drawn yet (a real scroll, so the page's own IntersectionObserver path is what draws it).
+SCROLL_NEXT_JS = """(() => {
+  if (window.__trainscopeFigures === undefined) return -1;
+  if (window.__trainscopeDrawn >= window.__trainscopeFigures) return 0;
+  const next = document.querySelector('.ts-figure:not(.js-plotly-plot)');
+  if (next) next.scrollIntoView({block: 'center'});
+  return window.__trainscopeFigures - window.__trainscopeDrawn;
+})()"""
 
 
 class Browser:
@@ -198,11 +211,13 @@ class Browser:
 
     def open(self, html_path: str | Path, screenshot: str | Path | None = None, *, full_page: bool = True,
              height: int | None = None, probe_js: str | None = None, clip_selector: str | None = None,
-             timeout: float = 60.0) -> PageCheck:
-        """Load a report in a fresh tab, wait for every figure, collect errors, screenshot."""
+             timeout: float = 60.0, draw_all: bool | str = True) -> PageCheck:
+        """Load a report in a fresh tab, wait for the first screen, then (`draw_all`) scroll to each
+        figure in turn until every one is drawn ("now": ask the page to draw them all at once);
+        collect errors, screenshot (from the top)."""
         url = Path(html_path).resolve().as_uri()
         return _check(self._pipe, url, screenshot, self.width, height or self.height, full_page, probe_js,
-                      timeout, clip_selector)
+                      timeout, clip_selector, draw_all)
 
     def close(self) -> None:
         self._pipe.close()
@@ -226,6 +241,7 @@ def open_report(
     clip_selector: str | None = None,
     timeout: float = 60.0,
     binary: str | None = None,
+    draw_all: bool | str = True,
 ) -> PageCheck:
     """Load `html_path` headless, wait until every figure is drawn, collect errors, screenshot.
 
@@ -234,22 +250,24 @@ def open_report(
     """
     with Browser(binary, width, height) as browser:
         return browser.open(html_path, screenshot, full_page=full_page, probe_js=probe_js,
-                            clip_selector=clip_selector, timeout=timeout)
+                            clip_selector=clip_selector, timeout=timeout, draw_all=draw_all)
 
 
 def _check(pipe: _Pipe, url: str, screenshot: str | Path | None, width: int, height: int,
-           full_page: bool, probe_js: str | None, timeout: float, clip_selector: str | None = None) -> PageCheck:
+           full_page: bool, probe_js: str | None, timeout: float, clip_selector: str | None = None,
+           draw_all: bool | str = True) -> PageCheck:
     # a fresh tab per report, so nothing (events, scroll, zoom) carries over between reports
     page_id = pipe.send("Target.createTarget", {"url": "about:blank"})["targetId"]
     try:
         return _check_tab(pipe, page_id, url, screenshot, width, height, full_page, probe_js, timeout,
-                          clip_selector)
+                          clip_selector, draw_all)
     finally:
         pipe.send("Target.closeTarget", {"targetId": page_id})
 
 
 def _check_tab(pipe: _Pipe, page_id: str, url: str, screenshot: str | Path | None, width: int, height: int,
-               full_page: bool, probe_js: str | None, timeout: float, clip_selector: str | None) -> PageCheck:
+               full_page: bool, probe_js: str | None, timeout: float, clip_selector: str | None,
+               draw_all: bool | str = True) -> PageCheck:
     sid = pipe.send("Target.attachToTarget", {"targetId": page_id, "flatten": True})["sessionId"]
     pipe.events = []
     for domain in ("Page", "Runtime", "Log", "Network", "Performance"):
@@ -268,6 +286,16 @@ def _check_tab(pipe: _Pipe, page_id: str, url: str, screenshot: str | Path | Non
             ready = "timeout: window.__trainscopeReady never set"
             break
         pipe.pump(0.05)
+    if draw_all == "now" and ready is True:  # every figure back to back, without waiting for scrolls
+        _eval(pipe, sid, "window.__trainscopeDrawAll && window.__trainscopeDrawAll()")
+        while time.monotonic() < deadline and _eval(pipe, sid, DRAWN_ALL_JS) is False:
+            pipe.pump(0.02)
+    elif draw_all and ready is True:
+        while time.monotonic() < deadline:
+            if _eval(pipe, sid, SCROLL_NEXT_JS) <= 0:
+                break
+            pipe.pump(0.02)
+        _eval(pipe, sid, "window.scrollTo(0, 0)")
     result.load_ms = (time.monotonic() - t0) * 1000.0
     pipe.pump(0.3)  # late console messages
     result.ready = ready
@@ -276,6 +304,7 @@ def _check_tab(pipe: _Pipe, page_id: str, url: str, screenshot: str | Path | Non
     if counts["load_ms"]:
         result.load_ms = float(counts["load_ms"])
     result.first_ms = float(counts["first_ms"] or 0.0)
+    result.timings = {k: float(v) for k, v in (counts.get("timings") or {}).items()}
     if probe_js:
         result.page = json.loads(_eval(pipe, sid, f"JSON.stringify(({probe_js}))"))
     perf = pipe.send("Performance.getMetrics", session=sid).get("metrics", [])
@@ -355,7 +384,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     res = open_report(args.report, args.screenshot, height=args.height or 900, full_page=not args.height,
                       clip_selector=args.select)
-    print(f"figures drawn: {res.rendered}/{res.figures}; first after {res.first_ms / 1000:.2f} s, "
+    print(f"figures drawn: {res.rendered}/{res.figures}; first screen after {res.first_ms / 1000:.2f} s, "
           f"all after {res.load_ms / 1000:.2f} s")
     for what, items in (("console error", res.console_errors), ("network request", res.network_requests),
                         ("dialog", res.dialogs)):

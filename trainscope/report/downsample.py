@@ -100,6 +100,11 @@ def reduce_columns(
 ) -> Columns:
     """Bucket the columns of `matrix` (steps ascending) keeping each row's max (or min/mean) per bucket.
 
+    Buckets are equal spans of steps (not of recorded columns), so the columns sit on a uniform
+    grid: plotly then draws the heatmap as one small image scaled up (one pixel per cell) instead
+    of filling a rectangle per cell, which is most of the time a big heatmap takes to draw. A span
+    in which nothing was recorded is an empty (NaN) column.
+
     NaN cells are missing (the layer was not recorded then); `bad_cells` marks cells whose
     recorded value was NaN/Inf (Inf cells of `matrix` count as bad too). `how="max"` keeps
     spikes (exploding norms, a burst of dead units); "min" keeps dips.
@@ -113,8 +118,11 @@ def reduce_columns(
     finite = np.isfinite(matrix)
     if n <= max_cols:
         return Columns(np.where(finite, matrix, np.nan), bad, steps.copy(), steps.copy())
-    starts = _bucket_starts(n, max_cols)
-    ends = np.append(starts[1:], n) - 1
+    s0, s1 = int(steps[0]), int(steps[-1])
+    width = max(1, -(-(s1 - s0 + 1) // max_cols))  # whole steps per column, ceil
+    bucket = (steps.astype(np.int64) - s0) // width
+    n_cols = int(bucket[-1]) + 1
+    starts = np.flatnonzero(np.r_[True, bucket[1:] != bucket[:-1]])  # first column of each non-empty bucket
     fill = {"max": -np.inf, "min": np.inf}.get(how, 0.0)
     m = np.where(finite, matrix, fill)
     if how == "max":
@@ -126,6 +134,11 @@ def reduce_columns(
         with np.errstate(invalid="ignore", divide="ignore"):
             vals = np.add.reduceat(m, starts, axis=1) / cnt
     any_finite = np.add.reduceat(finite.astype(np.int64), starts, axis=1) > 0
-    vals = np.where(any_finite, vals, np.nan)
-    bad_b = np.add.reduceat(bad.astype(np.int64), starts, axis=1) > 0
-    return Columns(vals, bad_b, steps[starts], steps[ends])
+    where = bucket[starts]
+    out = np.full((matrix.shape[0], n_cols), np.nan)
+    out[:, where] = np.where(any_finite, vals, np.nan)
+    out_bad = np.zeros((matrix.shape[0], n_cols), dtype=bool)
+    out_bad[:, where] = np.add.reduceat(bad.astype(np.int64), starts, axis=1) > 0
+    lo = s0 + width * np.arange(n_cols, dtype=np.int64)
+    hi = np.minimum(lo + width - 1, s1)
+    return Columns(out, out_bad, lo.astype(steps.dtype), hi.astype(steps.dtype))

@@ -67,6 +67,24 @@ def heatmap(fig: go.Figure, cols: Any, z: np.ndarray, labels: list[str], row: in
                                  marker=dict(symbol="square", size=11, color=bad_color)), row=row, col=col)
 
 
+def layer_font_size(n_layers: int) -> int:
+    return 12 if n_layers <= 30 else 10 if n_layers <= 80 else 8
+
+
+def heatmap_margins(labels: list[str], right: int = 110) -> dict[str, int]:
+    """Margins that already fit the layer labels and the colorbar.
+
+    plotly's automargin would find them too, but only by drawing the figure a second time once it
+    has measured every label; a first guess that is large enough makes that second pass a no-op
+    (automargin stays on, so an unusually wide label still gets its room).
+    """
+    import html as _html
+
+    size = layer_font_size(len(labels))
+    longest = max((len(_html.unescape(lab)) for lab in labels), default=0)
+    return dict(l=int(min(420, 30 + 0.62 * size * longest)), r=right, t=40, b=60)
+
+
 def layer_yaxis(fig: go.Figure, labels: list[str], row: int = 1, col: int = 1,
                  layers: list[str] | None = None, marks: list[D.Mark] | None = None) -> None:
     """Categorical layer axis, input at the top; layers a finding names get a bold colored label."""
@@ -84,7 +102,7 @@ def layer_yaxis(fig: go.Figure, labels: list[str], row: int = 1, col: int = 1,
             kw = dict(tickmode="array", tickvals=labels, ticktext=text)
     fig.update_yaxes(type="category", categoryorder="array", categoryarray=labels, autorange="reversed",
                      showgrid=False, ticks="",
-                     tickfont=dict(size=12 if len(labels) <= 30 else 10 if len(labels) <= 80 else 8),
+                     tickfont=dict(size=layer_font_size(len(labels))),
                      row=row, col=col, **kw)
 
 
@@ -123,7 +141,8 @@ def grad_section(run: Run, marks: list[D.Mark]) -> Section | None:
     shapes += highlight_rows(m.layers, marks, "x", "y")
     h = heatmap_height(len(labels))
     layout(fig, h, shapes=shapes, annotations=anns)
-    fig.update_layout(margin=dict(t=40, b=60), legend=dict(y=1.0, yanchor="bottom", x=0, xanchor="left"))
+    fig.update_layout(margin=heatmap_margins(labels),
+                      legend=dict(y=1.0, yanchor="bottom", x=0, xanchor="left"))
     fig.update_yaxes(showgrid=False, row=1, col=2)
     notes = []
     if cols.values.shape[1] < len(m.steps):
@@ -155,7 +174,7 @@ def _fraction_heatmap(run: Run, stat: str, sec_id: str, title: str, caption: str
     layer_yaxis(fig, labels, layers=m.layers, marks=marks)
     shapes, anns = step_marks(marks, run_extent(run))
     shapes += highlight_rows(m.layers, marks, "x", "y")
-    layout(fig, heatmap_height(len(labels)), shapes=shapes, annotations=anns)
+    layout(fig, heatmap_height(len(labels)), shapes=shapes, annotations=anns, margin=heatmap_margins(labels))
     fig.update_xaxes(title_text="step (optimizer steps)")
     fig.update_traces(colorbar=dict(tickformat=".0%"), selector=dict(type="heatmap"))
     return Section(sec_id, title, caption, figure=fig, marks=marks)
@@ -271,7 +290,7 @@ def _update_heatmap(m: D.LayerMatrix, marks: list[D.Mark], extent: tuple[float, 
     layer_yaxis(fig, labels, layers=m.layers, marks=marks)
     shapes, anns = step_marks(marks, extent)
     shapes += highlight_rows(m.layers, marks, "x", "y")
-    layout(fig, heatmap_height(len(labels)), shapes=shapes, annotations=anns)
+    layout(fig, heatmap_height(len(labels)), shapes=shapes, annotations=anns, margin=heatmap_margins(labels))
     fig.update_xaxes(title_text="step (optimizer steps)")
     return fig
 

@@ -58,10 +58,12 @@ TEMPLATE = go.layout.Template(layout=dict(
 
 
 def layout(fig: go.Figure, height: int, **kw: Any) -> go.Figure:
+    margin = dict(l=70, r=30, t=40, b=55)
+    margin.update(kw.pop("margin", None) or {})
     fig.update_layout(
         template=TEMPLATE,
         height=height,
-        margin=dict(l=70, r=30, t=40, b=55),
+        margin=margin,
         font=dict(family=FONT, size=13, color="#1f2937"),
         hoverlabel=dict(font=dict(family=FONT, size=12)),
         legend=dict(orientation="h", yanchor="bottom", y=1.02, xanchor="left", x=0, font=dict(size=12)),
