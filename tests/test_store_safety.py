@@ -289,3 +289,52 @@ def test_a_second_watch_on_a_live_run_dir_is_refused(tmp_path):
         with pytest.raises(TrainscopeError, match="already being written"):
             trainscope.watch(nn.Linear(2, 1), tmp_path / "r")
     trainscope.watch(model, tmp_path / "r").close()  # closed: the lock is free again
+
+
+# ----------------------------------------------------------------------------- one-line errors (item 8)
+def test_meta_fields_of_the_wrong_type_do_not_crash_the_report(tmp_path):
+    import json
+
+    pytest.importorskip("trainscope.report")
+    run_dir = _program(tmp_path / "r", steps=6)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    meta.update(steps="many", model=[1, 2], world_size="two", every=None, optimizer="SGD")
+    (run_dir / "meta.json").write_text(json.dumps(meta))
+    run = trainscope.load_run(run_dir)
+    assert run.meta["steps"] == 6 and run.meta["model"] is None and run.meta["world_size"] is None
+    assert any("'steps' is 'many'" in n for n in run.meta["notes"])
+    r = _cli("diagnose", run_dir, "--html", tmp_path / "report.html", "--fail-on", "never")
+    assert r.exit_code == 0 and (tmp_path / "report.html").exists(), r.output
+    assert "HTML report not written" not in r.output
+
+
+def test_load_run_wraps_every_chunk_error_naming_the_chunk(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    run_dir = _program(tmp_path / "r", steps=6)
+    chunk = next((run_dir / "scalars").glob("*.parquet"))
+    good = chunk.read_bytes()
+    # a chunk of the right columns but wrong types, written by someone else (not in the manifest)
+    bad_types = pa.table({"step": ["x"], "name": [1], "value": ["v"], "epoch": [0.0], "rank": [0], "time": [0.0]})
+    pq.write_table(bad_types, run_dir / "scalars" / "r0-a0-999999-p1.parquet")
+    with pytest.raises(TrainscopeError, match="r0-a0-999999-p1.parquet: unreadable scalars chunk"):
+        trainscope.load_run(run_dir)
+    (run_dir / "scalars" / "r0-a0-999999-p1.parquet").unlink()
+    chunk.unlink()
+    with pytest.raises(TrainscopeError, match="listed in the manifest is missing"):
+        trainscope.load_run(run_dir)
+    chunk.write_bytes(good)
+    chunk.chmod(0o644)
+    real_open = open
+
+    def denied(path, *a, **k):
+        if str(path) == str(chunk):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *a, **k)
+
+    import builtins
+
+    monkeypatch.setattr(builtins, "open", denied)
+    with pytest.raises(TrainscopeError, match=f"{chunk.name}: unreadable chunk \\(Permission denied\\)"):
+        trainscope.load_run(run_dir)

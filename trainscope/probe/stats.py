@@ -36,8 +36,21 @@ SATURATING = {"Sigmoid": "sigmoid", "Tanh": "tanh", "Softmax": "softmax", "Hards
 _CHANNEL_FIRST = ("Conv", "BatchNorm2d", "BatchNorm3d", "Pool", "InstanceNorm", "GroupNorm", "Upsample")
 
 
+def values_of(t: Tensor) -> Tensor:
+    """The numbers a statistic is taken over: a sparse tensor's coalesced stored values (its norm is
+    the dense tensor's norm), a complex tensor's magnitudes (no "discards the imaginary part" cast)."""
+    t = t.detach()
+    if t.layout == torch.sparse_coo:
+        t = t.coalesce().values()
+    elif t.layout != torch.strided:  # CSR/CSC/BSR/BSC
+        t = t.values()
+    if t.is_complex():
+        t = t.abs()
+    return t
+
+
 def _flat_float(t: Tensor) -> Tensor:
-    t = t.detach().reshape(-1)
+    t = values_of(t).reshape(-1)
     return t if t.dtype == torch.float32 else t.float()
 
 
@@ -74,7 +87,7 @@ def unit_dim(out: Tensor, module_type: str) -> int:
 
 def raw_activation(out: Tensor, module_type: str) -> tuple[Tensor, int, int]:
     """Raw moments + dead-unit and saturated counts of a module output; (raw, numel, units)."""
-    x = out.detach()
+    x = values_of(out)
     if x.dtype != torch.float32:
         x = x.float()
     if x.dim() <= 1:
@@ -104,8 +117,9 @@ def raw_update(before: Sequence[Tensor], after: Sequence[Tensor]) -> Tensor:
     """sum (after-before)^2 and sum before^2 over a layer's tensors."""
     parts = []
     for b, a in zip(before, after):
-        b, a = _flat_float(b), _flat_float(a)
-        d = a - b
+        b, a = b.detach().reshape(-1), a.detach().reshape(-1)
+        d = a - b  # complex weights: the magnitude of the complex change, not the change of magnitudes
+        b, d = _flat_float(b), _flat_float(d)
         parts += [d.dot(d), b.dot(b)]
     return torch.stack(parts)
 
@@ -178,6 +192,8 @@ def global_norm(grads: list[Tensor]) -> Tensor:
         return torch.tensor(NAN)
     by_device: dict[torch.device, list[Tensor]] = {}
     for g in grads:
+        if g.layout != torch.strided or g.is_complex():
+            g = values_of(g)  # sparse (e.g. Embedding(sparse=True)) and complex gradients
         by_device.setdefault(g.device, []).append(g)
     parts = []
     for gs in by_device.values():
