@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from trainscope.errors import TrainscopeError
+from trainscope.errors import TrainscopeError, TrainscopeFinding
 
 if TYPE_CHECKING:
     from trainscope.probe.watch import Probe
@@ -65,4 +65,4 @@ def lr_find(model: Any, loader: Any, criterion: Any = None, **kwargs: Any) -> An
     return _lr_find(model, loader, criterion, **kwargs)
 
 
-__all__ = ["watch", "load_run", "diagnose", "check", "lr_find", "TrainscopeError", "__version__"]
+__all__ = ["watch", "load_run", "diagnose", "check", "lr_find", "TrainscopeError", "TrainscopeFinding", "__version__"]

@@ -9,22 +9,11 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import Tensor
 
+from trainscope.probe.util import unwrap_optimizer  # noqa: F401  (re-exported for the callbacks)
+
 # Keys a framework logs about its own bookkeeping, not the model's quality.
 _NOT_METRICS = {"epoch", "step", "global_step", "runtime", "samples_per_second", "steps_per_second", "total_flos",
                 "train_runtime", "train_samples_per_second", "train_steps_per_second", "learning_rate", "grad_norm"}
-
-
-def unwrap_optimizer(opt: Any) -> Any:
-    """The torch optimizer inside accelerate's AcceleratedOptimizer (itself an Optimizer subclass that keeps
-    no hooks of its own), Lightning's LightningOptimizer, deepspeed's wrappers, ..."""
-    for _ in range(4):
-        inner = getattr(opt, "optimizer", None)
-        if not isinstance(inner, torch.optim.Optimizer):
-            inner = getattr(opt, "_optimizer", None)
-        if not isinstance(inner, torch.optim.Optimizer) or inner is opt:
-            return opt
-        opt = inner
-    return opt
 
 
 def unwrap_scheduler(sched: Any) -> Any:

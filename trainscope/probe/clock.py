@@ -1,8 +1,21 @@
 """StepClock: what a training step is, when it begins and ends, and which steps are recorded.
 
 With an optimizer, a step is one `optimizer.step()` (its pre and post hooks); without one, a step
-is one backward pass (its end is detected through the autograd engine's queue_callback). The
-sentinel, the smallest trainable parameter, tells when a backward reaches the parameters.
+is one backward pass (its end is detected through the autograd engine's queue_callback), unless
+the user marks steps with `probe.step()` (then only those count). The sentinel, the smallest
+trainable parameter, tells when a backward reaches the parameters.
+
+`optimizer.step(closure)` (Lightning's automatic optimization, LBFGS) runs the forward and backward
+inside the step: the pre-step hook sees last step's gradients. So for a closure step the gradient
+statistics wait for the end of the closure's first backward (after DDP's own end-of-backward
+callback: ours re-queues itself once), and are attributed to the step that backward belongs to.
+
+Without an optimizer, gradient accumulation (several backwards, one update) is told apart from a
+missing `zero_grad()` by the sentinel: if it was not modified in place since the previous backward
+(its version counter, or on CPU its values), no update happened in between, so gradients that were
+not reset are accumulating, not stale (`accumulating` is True for that backward), and that backward
+belongs to the same step: the statistics taken at the previous backward's end are taken back and
+read again at this one's. On a GPU a `.data`-style update (not versioned) looks like accumulation.
 Collectors are told `on_backward()`, `on_step_begin(step, record)` and `on_step_end(step)`, so a
 framework callback can drive the same collectors by calling `step_begin()` / `step_end()` itself.
 """
@@ -27,6 +40,14 @@ class Collector:
 
     def on_step_end(self, step: int) -> None:
         """The parameters of `step` were updated."""
+
+    def mark(self) -> Any:
+        """Before a step_begin that may be taken back (no optimizer: the next backward may belong to the
+        same step); return what `rollback` needs to undo that step_begin, or None."""
+        return None
+
+    def rollback(self, token: Any) -> None:
+        """Undo the step_begin that followed `mark()` (its rows in the buffer are removed by the clock)."""
 
 
 def pick_sentinel(params: Sequence[Tensor]) -> Tensor | None:
@@ -55,15 +76,83 @@ class StepClock:
         self.collectors: list[Collector] = []
         self.after_step: Callable[[], None] = lambda: None  # e.g. flush the buffer when due
         self.handles: list[Any] = []
+        self.manual = False  # probe.step() marks the steps (no optimizer known)
+        self.accumulating = False  # this backward adds to gradients of a step not yet applied
+        self._closure_step = False  # inside optimizer.step(closure), before its first backward ended
+        self._closure_begun = False
+        self._queued = False
+        self._sentinel_version: int | None = None
+        self._sentinel_copy: Tensor | None = None
+        self.buffer: Any = None  # the RunBuffer (set by the probe): rows of a taken-back step_begin go
+        self._open: tuple | None = None  # no optimizer: the step whose statistics a later backward may redo
 
     def install(self) -> None:
+        """Hook the optimizer (if any) and the sentinel. An optimizer that cannot be hooked (no
+        `register_step_pre_hook`, e.g. a wrapper) raises here; the probe then counts backwards."""
         if self.optimizer is not None:
-            self.handles.append(self.optimizer.register_step_pre_hook(
-                self.guard.wrap("step_pre", lambda opt, args, kwargs: self.step_begin())))
+            pre = self.optimizer.register_step_pre_hook(self.guard.wrap("step_pre", self._on_step_pre))
+            self.handles.append(pre)
             self.handles.append(self.optimizer.register_step_post_hook(
-                self.guard.wrap("step_post", lambda opt, args, kwargs: self.step_end())))
+                self.guard.wrap("step_post", self._on_step_post)))
         if self.sentinel is not None:
             self.handles.append(self.sentinel.register_hook(self.guard.wrap("grad_sentinel", self._on_sentinel_grad)))
+
+    def drop_optimizer(self) -> None:
+        """Fall back to counting backwards (the optimizer could not be hooked)."""
+        for h in self.handles:
+            h.remove()
+        self.handles = []
+        self.optimizer = None
+        if self.sentinel is not None:
+            self.handles.append(self.sentinel.register_hook(self.guard.wrap("grad_sentinel", self._on_sentinel_grad)))
+
+    def mark_step(self) -> None:
+        """`probe.step()`: one step is over. Its statistics are those taken at the end of its last
+        backward (so the call may come before or after the update). With an optimizer hooked, its own
+        hooks count the steps and this does nothing."""
+        if self.optimizer is not None:
+            return
+        self.manual = True
+        if self._open is None:  # no backward since the last step: take what there is now
+            self.step_begin()
+        self._open = None
+        self.step_end()
+
+    def finish(self) -> None:
+        """The run closes: end a step still open (no optimizer)."""
+        if self._open is not None:
+            self._open = None
+            self.step_end()
+
+    # -------------------------------------------------------------- optimizer hooks
+    def _on_step_pre(self, optimizer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        # the hook's args are step()'s own, self included: step(self, closure=None)
+        closure = args[1] if len(args) > 1 else kwargs.get("closure")
+        if closure is not None:
+            self._closure_step, self._closure_begun = True, False  # statistics wait for its backward
+        else:
+            self.step_begin()
+
+    def _on_step_post(self, optimizer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if self._closure_step:
+            self._closure_step = False
+            if not self._closure_begun:  # a closure without a backward (or one we did not see)
+                self.step_begin()
+        self.step_end()
+
+    def _closure_backward_end(self, requeue: bool) -> None:
+        self._queued = False
+        if requeue:  # run once more, after the callbacks queued meanwhile (DDP's gradient sync)
+            try:
+                torch.autograd.Variable._execution_engine.queue_callback(
+                    self.guard.wrap("closure_backward_end", lambda: self._closure_backward_end(False)))
+                self._queued = True
+                return
+            except Exception:
+                pass
+        if self._closure_step and not self._closure_begun:
+            self._closure_begun = True
+            self.step_begin()
 
     def recorded(self, s: int) -> bool:
         """Per-layer statistics on steps 0, 1, 2, 4, 8, ... below `every`, then every `every` steps."""
@@ -72,19 +161,90 @@ class StepClock:
         return s < self.every and (s & (s - 1)) == 0
 
     def _on_sentinel_grad(self, grad: Tensor) -> None:
+        self.accumulating = self.optimizer is None and not self.manual and self._sentinel_unchanged()
+        if self.optimizer is None and not self.manual and self._open is not None and not self.accumulating:
+            self._open = None  # the parameters changed since the last backward: that step is over
+            self.step_end()
         for c in self.collectors:
             c.on_backward()
-        if self.optimizer is None:
+        if self._closure_step:
+            if not self._closure_begun and not self._queued:
+                try:
+                    torch.autograd.Variable._execution_engine.queue_callback(
+                        self.guard.wrap("closure_backward_end", lambda: self._closure_backward_end(True)))
+                    self._queued = True
+                except Exception:
+                    self._closure_backward_end(False)
+            return
+        if self.optimizer is None and not self.manual:
             try:
                 torch.autograd.Variable._execution_engine.queue_callback(
                     self.guard.wrap("backward_end", self._on_backward_end))
             except Exception:
                 self._on_backward_end()
 
+    def on_forward(self) -> None:
+        """A training forward of the watched model: without an optimizer, an update since the open step's
+        backward (seen on the sentinel) means that step is over and this forward starts the next."""
+        if self._open is None or self.optimizer is not None or self.manual:
+            return
+        p = self.sentinel
+        if p is None:
+            return
+        if int(getattr(p, "_version", -1)) != self._sentinel_version or (
+                p.device.type == "cpu" and self._sentinel_copy is not None
+                and not torch.equal(self._sentinel_copy, p.detach())):
+            self._open = None
+            self.step_end()
+
+    def _sentinel_unchanged(self) -> bool:
+        """No in-place update of the sentinel since the previous backward (so no optimizer step)."""
+        p = self.sentinel
+        if p is None:
+            return False
+        version = int(getattr(p, "_version", -1))
+        prev, self._sentinel_version = self._sentinel_version, version
+        if prev is None:
+            if p.device.type == "cpu":
+                self._sentinel_copy = p.detach().clone()
+            return False
+        if version != prev:
+            if p.device.type == "cpu":
+                self._sentinel_copy = p.detach().clone()
+            return False
+        if p.device.type != "cpu":  # comparing values would sync; `.data` updates are not versioned
+            return True
+        same = self._sentinel_copy is not None and torch.equal(self._sentinel_copy, p.detach())
+        if not same:
+            self._sentinel_copy = p.detach().clone()
+        return same
+
     def _on_backward_end(self) -> None:
-        # Without an optimizer, a step is a backward pass.
+        """Without an optimizer: the gradients so far are this step's. The step stays open: a further
+        backward before any update (accumulation) takes these statistics back and reads them again; an
+        update (seen on the sentinel at the next backward), probe.step() or close() ends it."""
+        if self._open is not None:
+            self._take_back(self._open)
+        buf = self.buffer
+        n_layers, n_scalars = (len(buf.layers), len(buf.scalars)) if buf is not None else (0, 0)
+        tokens = [c.mark() for c in self.collectors]
         self.step_begin()
-        self.step_end()
+        if buf is not None:
+            self._open = (n_layers, len(buf.layers), n_scalars, len(buf.scalars), tokens)
+        else:
+            self._open = (0, 0, 0, 0, tokens)
+
+    def _take_back(self, opened: tuple) -> None:
+        a_l, b_l, a_s, b_s, tokens = opened
+        buf = self.buffer
+        if buf is not None:
+            if len(buf.layers) >= b_l:
+                del buf.layers[a_l:b_l]
+            if len(buf.scalars) >= b_s:
+                del buf.scalars[a_s:b_s]
+        for c, token in zip(self.collectors, tokens):
+            if token is not None:
+                c.rollback(token)
 
     def step_begin(self) -> None:
         s = self.step

@@ -29,6 +29,8 @@ class HookGuard:
             try:
                 fn(*args, **kwargs)
             except Exception as e:
+                if getattr(e, "stops_run", False):  # on_finding="raise": the user asked for the run to stop
+                    raise
                 guard.failed(name, e)
             return None
 

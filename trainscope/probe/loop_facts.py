@@ -29,6 +29,7 @@ class LoopFacts(Collector):
         self._check_reset = False
         self._grad_reset: Any = None  # 1.0, or a 0-d bool tensor (copied at flush)
         self._loop: list[tuple] = []  # one tuple per step, see on_step_begin
+        self.last_row: tuple | None = None  # the latest of them (live findings read it)
         buffer.scalar_sources.append(self._expand)
 
     def on_forward(self, module: torch.nn.Module, x: Tensor | None) -> None:
@@ -44,6 +45,8 @@ class LoopFacts(Collector):
         self.backwards += 1
         if self._check_reset:
             self._check_reset = False
+            if self.clock.accumulating:  # no update since the last backward: accumulation, not stale .grad
+                return
             g = self.clock.sentinel.grad if self.clock.sentinel is not None else None
             # .grad is None (set_to_none) or all zeros once zero_grad ran; anything else is stale.
             self._grad_reset = 1.0 if g is None else (g == 0).all()
@@ -59,12 +62,20 @@ class LoopFacts(Collector):
         self._loop.append((step, self.clock.epoch, self.clock.step_time, [g.get("lr") for g in groups],
                            [g.get("momentum", g.get("betas", (None,))[0]) for g in groups],
                            self.last_mode, self._grad_reset, self.backwards, count, self.batch_size))
+        self.last_row = self._loop[-1]
         self._grad_reset = None
         self.buffer.pending_rows += 6
 
     def on_step_end(self, step: int) -> None:
         self.backwards = 0
         self._check_reset = True
+
+    def mark(self) -> Any:
+        return (len(self._loop), self._grad_reset, self.last_row)
+
+    def rollback(self, token: Any) -> None:
+        n, self._grad_reset, self.last_row = token
+        del self._loop[n:]
 
     def _expand(self) -> list[ScalarRow]:
         rows: list[ScalarRow] = []

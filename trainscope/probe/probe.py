@@ -36,10 +36,13 @@ from trainscope.probe.buffer import RunBuffer
 from trainscope.probe.clock import StepClock, pick_sentinel
 from trainscope.probe.criterion import CriterionWatch
 from trainscope.probe.guard import HookGuard
+from trainscope.probe.live import LiveFindings, is_finding
 from trainscope.probe.loop_facts import LoopFacts
+from trainscope.probe.model_loss import ModelLoss
 from trainscope.probe.params import ParamStats, layers_with_params
 from trainscope.probe.trace import ForwardTrace
-from trainscope.probe.util import dist_rank_world, first_tensor, jsonable, unwrap
+from trainscope.probe.util import dist_rank_world, first_input, first_tensor, jsonable, rank_known, unwrap
+from trainscope.probe.util import unwrap_optimizer
 from trainscope.store.writer import RunWriter, default_run_dir, new_meta
 
 
@@ -62,17 +65,22 @@ class Probe:
         name: str | None = None,
         config: dict[str, Any] | None = None,
         resume: bool = False,
+        on_finding: str = "warn",
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"trainscope.watch needs an nn.Module, got {type(model).__name__}")
+        if on_finding not in ("warn", "raise", "ignore"):
+            raise ValueError(f"on_finding must be 'warn', 'raise' or 'ignore', not {on_finding!r}")
         self.wrapped = model
         self.model, self.compiled = unwrap(model)
+        optimizer = unwrap_optimizer(optimizer)  # accelerate's AcceleratedOptimizer, Lightning's wrapper
         self.optimizer = optimizer
         self.criterion = criterion
         self.scheduler = scheduler
         self.every = max(1, int(every))
         self.record_activations = activations and not self.compiled
         self.rank, self.world_size = dist_rank_world()
+        self._rank_known = rank_known()  # else: read again from torch.distributed at first use
         if run_dir is None:
             run_dir = default_run_dir(type(self.model).__name__)  # always inside ./runs
         self.run_dir = Path(run_dir)
@@ -93,6 +101,7 @@ class Probe:
                                  has_optimizer=optimizer is not None)
         self.loop = LoopFacts(self.buffer, self.clock, optimizer=optimizer, scheduler=scheduler)
         self.clock.collectors = [self.params, self.loop]
+        self.clock.buffer = self.buffer
         self.clock.after_step = self._after_step
         # the init table goes through the buffer too: written at a flush, retried if the write fails
         self.trace = ForwardTrace(self.model, self.buffer, self.buffer, compiled=self.compiled)
@@ -112,8 +121,12 @@ class Probe:
             compiled=self.compiled,
             config=jsonable(config or {}),
         )
+        self.live = LiveFindings(self.buffer, self.clock, on_finding=on_finding, stop=self._stop, loop=self.loop,
+                                 run_dir=str(self.run_dir))
+        self.loss_fallback = ModelLoss(self.buffer, self.clock)
         self._install()
-        self._write_meta()
+        if self._rank_known or not (self.run_dir / "meta.json").exists():
+            self._write_meta()
         self.buffer.event(self.clock.step, "run", "", float("nan"),
                           {"what": "resume" if self.writer.resumed else "start", "attempt": self.writer.attempt})
         _LIVE.add(self)
@@ -133,8 +146,27 @@ class Probe:
             # Detach now (a kept loss would keep its whole autograd graph alive); convert at flush.
             values = {k: (v.detach() if isinstance(v, Tensor) else v) for k, v in metrics.items()}
             self.buffer.log(s, self.clock.epoch, values)
+            if not self.loss_fallback.user_logs_loss and any("loss" in str(k).lower() for k in values):
+                self.loss_fallback.stop()  # the user logs a loss: the model's own outputs.loss is not needed
+            self.live.on_logged(s, values)
         except Exception as e:  # never break the training loop over a bad metric
+            if is_finding(e):
+                raise
             self.guard.failed("log", e)
+
+    def step(self) -> None:
+        """Mark the end of a training step when no optimizer was given to `watch` (e.g. gradient
+        accumulation, or a hand-written update): call it once per step, after the step's last backward
+        and before the update. From the first call on, backward passes no longer count as steps. With an
+        optimizer, its own step hooks count the steps and this does nothing."""
+        if self._closed:
+            return
+        try:
+            self.clock.mark_step()
+        except Exception as e:
+            if is_finding(e):
+                raise
+            self.guard.failed("step", e)
 
     def flush(self) -> None:
         """Write everything buffered so far (atomic chunks)."""
@@ -147,6 +179,13 @@ class Probe:
         """Remove every hook, write what is buffered and mark the run finished. Idempotent."""
         if self._closed:
             return
+        try:
+            self.clock.finish()
+        except Exception as e:
+            self.guard.failed("step_end", e)
+        if self._closed:  # a live finding (on_finding="raise") closed the run meanwhile
+            return
+        self.loss_fallback.commit()
         self._closed = self.guard.closed = True
         handles = (self._handles + self.clock.handles + self.criterion_watch.handles + self.activations.handles
                    + ([self._post_handle] if self._post_handle else []))
@@ -159,6 +198,7 @@ class Probe:
         self.trace.exit_fn_mode()
         self.buffer.event(self.clock.fwd_step, "run", "", float("nan"), {"what": "close", "status": status})
         try:
+            self._resolve_rank()
             self.trace.write_init_table()  # a run whose model never ran forward still gets its init table
             self.buffer.flush(final_status=status)
         except Exception as e:  # pragma: no cover - disk full and the like
@@ -176,25 +216,62 @@ class Probe:
         # A compiled model's own hooks would be traced into its graph: hook the wrapper instead.
         self._top = self.wrapped if self.compiled else self.model
         self._handles.append(self._top.register_forward_pre_hook(
-            self.guard.wrap("model_forward_pre", self._on_forward_pre)))
-        self.clock.install()
+            self.guard.wrap("model_forward_pre", self._on_forward_pre), with_kwargs=True))
+        try:
+            self.clock.install()
+        except Exception as e:  # e.g. an optimizer wrapper without the step hooks
+            self.guard.failed("optimizer", RuntimeError(
+                f"cannot hook {type(self.optimizer).__name__}.step ({type(e).__name__}: {e}); "
+                "counting backward passes as steps instead"))
+            self.clock.drop_optimizer()
+            self.optimizer = self.loop.optimizer = None
+            self.params.has_optimizer = False
         self.criterion_watch.install()
+        self._handles.append(self._top.register_forward_hook(
+            self.guard.wrap("model_loss", self.loss_fallback.on_output)))
+        self.loss_fallback.handle = self._handles[-1]
 
     def _on_hook_error(self, name: str, e: BaseException) -> None:
         self.buffer.event(self.clock.fwd_step, "hook_error", "", float("nan"),
                           {"hook": name, "error": f"{type(e).__name__}: {e}"})
 
     def _after_step(self) -> None:
-        if self.buffer.due():
+        self.live.after_step()
+        if self.buffer.due() or self.live.wants_flush():
+            self._resolve_rank()
             self.buffer.flush()
 
+    def _resolve_rank(self) -> None:
+        """watch() ran before init_process_group (mp.spawn, RANK unset): take the rank now."""
+        if self._rank_known:
+            return
+        self._rank_known = rank_known()
+        if not self._rank_known:
+            return
+        rank, world = dist_rank_world()
+        if (rank, world) != (self.rank, self.world_size):
+            self.rank, self.world_size = rank, world
+            self.writer.rank = rank
+            self.writer._seq = self.writer._next_seq()
+            self._meta.update(rank=rank, world_size=world)
+        self._write_meta()
+
+    def _stop(self, finding: Any) -> None:
+        """on_finding="raise": keep what was recorded, then let the exception stop the run."""
+        self.close(status="stopped")
+
     # ------------------------------------------------------------------ the watched model's forward
-    def _on_forward_pre(self, module: nn.Module, args: tuple[Any, ...]) -> None:
+    def _on_forward_pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if not torch.is_grad_enabled():
             return  # validation / inference forwards are not training steps
         clock = self.clock
+        clock.on_forward()
         clock.fwd_step = step = clock.step
+        if not self._rank_known:
+            self._resolve_rank()
         x = first_tensor(args)
+        if x is None and kwargs:  # model(**batch): input_ids / pixel_values / x / ...
+            x = first_input(kwargs)
         self.loop.on_forward(module, x)
         first = not self.trace.done
         if first:
@@ -270,5 +347,52 @@ def watch(model: nn.Module, run_dir: str | os.PathLike[str] | None = None, **opt
     resume: continue the run already in `run_dir` (same attempt, steps go on from the last recorded
         step) instead of starting a new attempt next to it (docs/run-store.md).
     name, config: the run's name and any JSON-able dict to keep in meta.json.
+    on_finding: what a live finding (a loop bug seen in the first steps, NaN/Inf, divergence) does:
+        "warn" (default) prints one line to stderr per rule, "raise" stops the run with
+        `trainscope.TrainscopeFinding`, "ignore" stays silent; everything is recorded either way.
+
+    Attaching never stops the training: if the probe cannot be built (a bad option, an object it
+    cannot hook), one RuntimeWarning says why and a disabled probe with the same methods is returned;
+    it still writes meta.json (status "disabled", the error) when `run_dir` can be written.
     """
-    return Probe(model, run_dir, **options)
+    try:
+        return Probe(model, run_dir, **options)
+    except Exception as e:
+        warnings.warn(f"trainscope: watch() could not attach ({type(e).__name__}: {e}); this run is not "
+                      "recorded, training continues unchanged", RuntimeWarning, stacklevel=2)
+        return DisabledProbe(model, run_dir, e)  # type: ignore[return-value]
+
+
+class DisabledProbe:
+    """What watch() returns when it could not attach: the Probe's methods, doing nothing."""
+
+    def __init__(self, model: Any, run_dir: Any, error: BaseException) -> None:
+        self.error = error
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        try:
+            if self.run_dir is not None:
+                meta = new_meta(name=self.run_dir.name, rank=0, world_size=1, trainscope_version=meta_mod.version(),
+                                torch_version=torch.__version__, python_version=platform.python_version())
+                meta.update(status="disabled", error=f"{type(error).__name__}: {error}",
+                            model={"class": type(model).__name__, "modules": []}, steps=0)
+                RunWriter(self.run_dir).write_meta(meta)
+        except Exception:
+            pass
+
+    def log(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def step(self) -> None:
+        pass
+
+    def flush(self) -> None:
+        pass
+
+    def close(self, status: str = "finished") -> None:
+        pass
+
+    def __enter__(self) -> "DisabledProbe":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        pass

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import math
 import os
+import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -55,6 +57,75 @@ def unwrap(model: nn.Module) -> tuple[nn.Module, bool]:
         else:
             break
     return model, compiled
+
+
+_INPUT_KEYS = ("input_ids", "pixel_values", "input_values", "input_features", "inputs_embeds", "x", "input",
+               "inputs", "features", "images", "image")
+
+
+def first_input(kwargs: dict[str, Any]) -> Tensor | None:
+    """The model input among keyword arguments (`model(**batch)`): the usual names first, then the first
+    tensor that is not a label or mask."""
+    for key in _INPUT_KEYS:
+        if isinstance(kwargs.get(key), Tensor):
+            return kwargs[key]
+    for key, v in kwargs.items():
+        if isinstance(v, Tensor) and "label" not in key and "mask" not in key and "target" not in key:
+            return v
+    return None
+
+
+def unwrap_optimizer(opt: Any) -> Any:
+    """The torch optimizer inside accelerate's AcceleratedOptimizer (an Optimizer subclass that keeps no
+    hooks of its own), Lightning's LightningOptimizer, deepspeed's wrappers, ..."""
+    for _ in range(4):
+        inner = getattr(opt, "optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer):
+            inner = getattr(opt, "_optimizer", None)
+        if not isinstance(inner, torch.optim.Optimizer) or inner is opt:
+            return opt
+        opt = inner
+    return opt
+
+
+def rank_known() -> bool:
+    """torch.distributed is initialized, or the launcher said which rank this is (RANK)."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return True
+    except Exception:  # pragma: no cover
+        pass
+    return "RANK" in os.environ
+
+
+def default_run_dir(model_name: str) -> Path:
+    """runs/<Model>-<time>, the same in every process of one distributed job: under torchrun (or
+    mp.spawn) the time is the launcher's (parent process's) start, so all ranks agree."""
+    import multiprocessing
+
+    stamp = time.time()
+    if "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ or multiprocessing.parent_process():
+        started = _process_start(os.getppid())
+        if started is not None:
+            stamp = started
+        else:
+            return Path("runs") / f"{model_name}-{time.strftime('%Y%m%d', time.localtime())}-p{os.getppid()}"
+    return Path("runs") / f"{model_name}-{time.strftime('%Y%m%d-%H%M%S', time.localtime(stamp))}"
+
+
+def _process_start(pid: int) -> float | None:
+    """Wall-clock start time of a process (Linux /proc), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        ticks = int(fields[19])  # field 22 of stat: start time in clock ticks after boot
+        with open("/proc/stat") as f:
+            btime = next(int(line.split()[1]) for line in f if line.startswith("btime"))
+        return btime + ticks / os.sysconf("SC_CLK_TCK")
+    except Exception:
+        return None
 
 
 def dist_rank_world() -> tuple[int, int]:
