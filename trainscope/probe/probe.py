@@ -19,6 +19,7 @@ before a flush.
 from __future__ import annotations
 
 import atexit
+import multiprocessing
 import os
 import platform
 import time
@@ -41,9 +42,9 @@ from trainscope.probe.loop_facts import LoopFacts
 from trainscope.probe.model_loss import ModelLoss
 from trainscope.probe.params import ParamStats, layers_with_params
 from trainscope.probe.trace import ForwardTrace
-from trainscope.probe.util import dist_rank_world, first_input, first_tensor, jsonable, rank_known, unwrap
-from trainscope.probe.util import unwrap_optimizer
-from trainscope.store.writer import RunWriter, default_run_dir, new_meta
+from trainscope.probe.util import default_run_dir, dist_rank_world, first_input, first_tensor, jsonable, rank_known
+from trainscope.probe.util import unwrap, unwrap_optimizer
+from trainscope.store.writer import RunWriter, new_meta
 
 
 class Probe:
@@ -80,11 +81,14 @@ class Probe:
         self.every = max(1, int(every))
         self.record_activations = activations and not self.compiled
         self.rank, self.world_size = dist_rank_world()
-        self._rank_known = rank_known()  # else: read again from torch.distributed at first use
+        # A spawned process that calls watch() before init_process_group (mp.spawn, RANK unset) learns its
+        # rank later: its writer (which locks the rank's files) is created at first use.
+        self._rank_known = rank_known() or multiprocessing.parent_process() is None
         if run_dir is None:
             run_dir = default_run_dir(type(self.model).__name__)  # always inside ./runs
         self.run_dir = Path(run_dir)
-        self.writer = RunWriter(self.run_dir, rank=self.rank, resume=resume)
+        self.writer: Any = (RunWriter(self.run_dir, rank=self.rank, resume=resume) if self._rank_known
+                            else DeferredWriter(resume))
         self._closed = False
         self._handles: list[Any] = []
         self._post_handle: Any = None  # the model's forward hook, registered only for forwards that need it
@@ -125,8 +129,7 @@ class Probe:
                                  run_dir=str(self.run_dir))
         self.loss_fallback = ModelLoss(self.buffer, self.clock)
         self._install()
-        if self._rank_known or not (self.run_dir / "meta.json").exists():
-            self._write_meta()
+        self._write_meta()
         self.buffer.event(self.clock.step, "run", "", float("nan"),
                           {"what": "resume" if self.writer.resumed else "start", "attempt": self.writer.attempt})
         _LIVE.add(self)
@@ -157,8 +160,10 @@ class Probe:
     def step(self) -> None:
         """Mark the end of a training step when no optimizer was given to `watch` (e.g. gradient
         accumulation, or a hand-written update): call it once per step, after the step's last backward
-        and before the update. From the first call on, backward passes no longer count as steps. With an
-        optimizer, its own step hooks count the steps and this does nothing."""
+        (before or after the update: the statistics are those read at the end of that backward). From
+        the first call on, only these calls end steps. With an optimizer, its own step hooks count the
+        steps and this does nothing. (Without either, a step ends when an update of the parameters is
+        seen, so accumulation is recognised even then.)"""
         if self._closed:
             return
         try:
@@ -171,6 +176,7 @@ class Probe:
     def flush(self) -> None:
         """Write everything buffered so far (atomic chunks)."""
         try:
+            self._resolve_rank(final=True)
             self.buffer.flush()
         except Exception as e:
             self.guard.failed("flush", e)
@@ -198,7 +204,7 @@ class Probe:
         self.trace.exit_fn_mode()
         self.buffer.event(self.clock.fwd_step, "run", "", float("nan"), {"what": "close", "status": status})
         try:
-            self._resolve_rank()
+            self._resolve_rank(final=True)
             self.trace.write_init_table()  # a run whose model never ran forward still gets its init table
             self.buffer.flush(final_status=status)
         except Exception as e:  # pragma: no cover - disk full and the like
@@ -238,22 +244,18 @@ class Probe:
     def _after_step(self) -> None:
         self.live.after_step()
         if self.buffer.due() or self.live.wants_flush():
-            self._resolve_rank()
+            self._resolve_rank(final=True)
             self.buffer.flush()
 
-    def _resolve_rank(self) -> None:
-        """watch() ran before init_process_group (mp.spawn, RANK unset): take the rank now."""
-        if self._rank_known:
+    def _resolve_rank(self, final: bool = False) -> None:
+        """watch() ran before init_process_group in a spawned process: take the rank once torch.distributed
+        knows it (or, at the first flush, the RANK variable / 0) and create the writer for it."""
+        if self._rank_known or not (final or rank_known()):
             return
-        self._rank_known = rank_known()
-        if not self._rank_known:
-            return
-        rank, world = dist_rank_world()
-        if (rank, world) != (self.rank, self.world_size):
-            self.rank, self.world_size = rank, world
-            self.writer.rank = rank
-            self.writer._seq = self.writer._next_seq()
-            self._meta.update(rank=rank, world_size=world)
+        self._rank_known = True
+        self.rank, self.world_size = dist_rank_world()
+        self._meta.update(rank=self.rank, world_size=self.world_size)
+        self.writer.create(RunWriter(self.run_dir, rank=self.rank, resume=self.writer.resume))
         self._write_meta()
 
     def _stop(self, finding: Any) -> None:
@@ -301,6 +303,8 @@ class Probe:
 
     # ------------------------------------------------------------------ meta.json
     def _write_meta(self, status: str | None = None) -> None:
+        if not self._rank_known:
+            return  # written once the rank (and so the file name) is known
         meta = self._meta
         meta.update(
             steps=self.clock.step,
@@ -361,6 +365,38 @@ def watch(model: nn.Module, run_dir: str | os.PathLike[str] | None = None, **opt
         warnings.warn(f"trainscope: watch() could not attach ({type(e).__name__}: {e}); this run is not "
                       "recorded, training continues unchanged", RuntimeWarning, stacklevel=2)
         return DisabledProbe(model, run_dir, e)  # type: ignore[return-value]
+
+
+class DeferredWriter:
+    """Stands in for the RunWriter until the rank is known; the collectors keep this object."""
+
+    bytes_written = 0
+    start_step = 0
+    resumed = False
+    attempt = 0
+
+    def __init__(self, resume: bool = False) -> None:
+        self.resume = resume
+        self._real: Any = None
+        self._early: list[tuple[str, Any]] = []  # tables appended before the rank was known
+
+    def create(self, writer: RunWriter) -> None:
+        self._real = writer
+        early, self._early = self._early, []
+        for table, columns in early:
+            writer.append(table, columns)
+
+    def append(self, table: str, columns: Any) -> None:
+        if self._real is None:
+            self._early.append((table, columns))
+        else:
+            self._real.append(table, columns)
+
+    def __getattr__(self, name: str) -> Any:
+        real = self.__dict__.get("_real")
+        if real is None:
+            raise AttributeError(f"the run writer is not created yet ({name})")
+        return getattr(real, name)
 
 
 class DisabledProbe:

@@ -105,6 +105,9 @@ def default_run_dir(model_name: str) -> Path:
     mp.spawn) the time is the launcher's (parent process's) start, so all ranks agree."""
     import multiprocessing
 
+    from trainscope.store.writer import safe_name
+
+    model_name = safe_name(model_name, "model")
     stamp = time.time()
     if "TORCHELASTIC_RUN_ID" in os.environ or "LOCAL_RANK" in os.environ or multiprocessing.parent_process():
         started = _process_start(os.getppid())
