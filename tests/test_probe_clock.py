@@ -51,14 +51,33 @@ def test_steps_are_optimizer_steps_with_accumulation():
     assert clock.step == 2
 
 
-def test_without_optimizer_a_step_is_a_backward():
+def test_without_optimizer_a_step_ends_at_an_update():
     model = nn.Linear(3, 1)
     clock, log = _clock(model, None)
     for _ in range(3):
         model(torch.randn(5, 3)).sum().backward()
+        with torch.no_grad():
+            for p in model.parameters():
+                p -= 0.1 * p.grad
+        model.zero_grad()
+    clock.finish()  # the run closes: the last step ends
     assert [e for e in log.events if e[0] == "begin"] == [("begin", 0, True), ("begin", 1, True), ("begin", 2, True)]
+    assert [e for e in log.events if e[0] == "end"] == [("end", 0), ("end", 1), ("end", 2)]
     assert clock.step == 3
     for h in clock.handles:
         h.remove()
     model(torch.randn(5, 3)).sum().backward()
     assert clock.step == 3
+
+
+def test_without_optimizer_backwards_before_an_update_are_one_step():
+    model = nn.Linear(3, 1)
+    clock, log = _clock(model, None)
+    for _ in range(3):  # accumulation: no update in between
+        model(torch.randn(5, 3)).sum().backward()
+    assert clock.accumulating and clock.step == 0  # the step is still open
+    clock.mark_step()  # probe.step(): the user marks its end
+    assert clock.step == 1 and clock.manual
+    assert [e for e in log.events if e[0] == "end"] == [("end", 0)]
+    # the statistics of the open step were read at each backward's end, the last reading is kept
+    assert [e for e in log.events if e[0] == "begin"] == [("begin", 0, True)] * 3
