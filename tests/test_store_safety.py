@@ -6,6 +6,7 @@ an empty run gave exit 0, and long runs left one file per flush.
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import signal
@@ -286,8 +287,12 @@ def test_two_writers_one_dir_second_is_refused_and_nothing_is_mixed(tmp_path):
 def test_a_second_watch_on_a_live_run_dir_is_refused(tmp_path):
     model = nn.Linear(2, 1)
     with trainscope.watch(model, tmp_path / "r", flush_seconds=0.0):
-        with pytest.raises(TrainscopeError, match="already being written"):
-            trainscope.watch(nn.Linear(2, 1), tmp_path / "r")
+        # watch() never stops the training (issue 9): one warning, a probe that records nothing
+        with pytest.warns(RuntimeWarning, match="already being written"):
+            second = trainscope.watch(nn.Linear(2, 1), tmp_path / "r")
+        assert type(second).__name__ == "DisabledProbe"
+        second.close()
+    assert json.loads((tmp_path / "r" / "meta.json").read_text())["status"] == "finished"  # not overwritten
     trainscope.watch(model, tmp_path / "r").close()  # closed: the lock is free again
 
 

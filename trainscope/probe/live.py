@@ -91,7 +91,6 @@ class LiveFindings:
         self._first_loss: dict[str, float] = {}
         self._nonfinite_seen: set[str] = set()
         self._stale: dict[int, bool] = {}  # steps whose .grad was not reset (read on the host)
-        self._flushed_early = False
 
     # ------------------------------------------------------------------ inputs
     def on_logged(self, step: int, values: dict[str, Any]) -> None:
@@ -121,10 +120,8 @@ class LiveFindings:
         self._check_flushed_nonfinite()
 
     def wants_flush(self) -> bool:
-        """One early flush after the first steps: values that only a flush copies are then on the host."""
-        if not self._flushed_early and self.clock.step >= EARLY_STEPS:
-            self._flushed_early = True
-            return True
+        """Live findings never force a flush: CPU values are read at once, CUDA ones through pinned
+        copies and events, and what only a flush copies is looked at after the regular flushes."""
         return False
 
     # ------------------------------------------------------------------ checks

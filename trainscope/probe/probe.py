@@ -405,8 +405,8 @@ class DisabledProbe:
     def __init__(self, model: Any, run_dir: Any, error: BaseException) -> None:
         self.error = error
         self.run_dir = Path(run_dir) if run_dir is not None else None
-        try:
-            if self.run_dir is not None:
+        try:  # never over another run's metadata (e.g. a live run this second watch() collided with)
+            if self.run_dir is not None and not (self.run_dir / "meta.json").exists():
                 meta = new_meta(name=self.run_dir.name, rank=0, world_size=1, trainscope_version=meta_mod.version(),
                                 torch_version=torch.__version__, python_version=platform.python_version())
                 meta.update(status="disabled", error=f"{type(error).__name__}: {error}",
