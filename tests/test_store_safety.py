@@ -199,22 +199,18 @@ def test_chmod_000_folder_is_an_error(tmp_path):
         (run_dir / "scalars").chmod(0o755)
 
 
-def test_an_empty_run_is_exit_2(tmp_path):
+def _assert_empty_run(d: Path) -> None:
+    with pytest.raises(TrainscopeError, match="holds no recorded data"):
+        trainscope.load_run(d)
+    r = _cli("diagnose", d, "--no-html")
+    assert r.exit_code == 2 and "no recorded data" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_a_run_dir_with_only_meta_json_is_exit_2(tmp_path):
     only_meta = tmp_path / "only_meta"
     only_meta.mkdir()
     (only_meta / "meta.json").write_text('{"schema_version": "1.1", "status": "finished"}')
-    with pytest.raises(TrainscopeError, match="holds no recorded data"):
-        trainscope.load_run(only_meta)
-    killed = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, str(SCRIPTS / "flush_kill.py"), str(killed), "--no-flush"],
-                            stdout=subprocess.PIPE, text=True, env=ENV)
-    assert proc.stdout.readline().strip() == "ready"
-    time.sleep(0.3)
-    os.kill(proc.pid, signal.SIGKILL)
-    proc.wait(timeout=30)
-    for d in (only_meta, killed):
-        r = _cli("diagnose", d, "--no-html")
-        assert r.exit_code == 2 and "no recorded data" in r.output and len(r.output.strip().splitlines()) == 1
+    _assert_empty_run(only_meta)  # (a run killed before its first flush: in the probe kill test below)
 
 
 # ----------------------------------------------------------------------------- kills and two writers
@@ -257,7 +253,14 @@ def test_sigkill_inside_store_flushes_and_compactions_keeps_every_value_once(tmp
 
 
 def test_sigkill_at_random_points_of_a_probe_flush_keeps_every_value_once(tmp_path):
-    _kill_at_random("flush_kill.py", tmp_path / "probe", kills=2, seed=1, max_wait=0.6)
+    early = _start("flush_kill.py", tmp_path / "early", "--no-flush")  # runs alongside: killed before any flush
+    try:
+        _kill_at_random("flush_kill.py", tmp_path / "probe", kills=1, seed=1, max_wait=0.6)
+        assert early.stdout.readline().strip() == "ready"
+    finally:
+        os.kill(early.pid, signal.SIGKILL)
+        early.wait(timeout=30)
+    _assert_empty_run(tmp_path / "early")
 
 
 @pytest.mark.slow
@@ -331,15 +334,26 @@ def test_load_run_wraps_every_chunk_error_naming_the_chunk(tmp_path, monkeypatch
         trainscope.load_run(run_dir)
     chunk.write_bytes(good)
     chunk.chmod(0o644)
-    real_open = open
+    real_open = os.open
 
     def denied(path, *a, **k):
         if str(path) == str(chunk):
             raise PermissionError(13, "Permission denied")
         return real_open(path, *a, **k)
 
-    import builtins
-
-    monkeypatch.setattr(builtins, "open", denied)
+    monkeypatch.setattr(os, "open", denied)  # what a chmod 000 chunk does for a non-root user
     with pytest.raises(TrainscopeError, match=f"{chunk.name}: unreadable chunk \\(Permission denied\\)"):
         trainscope.load_run(run_dir)
+
+
+def test_reading_a_live_run_while_it_compacts(tmp_path):
+    proc = _start("store_writer.py", tmp_path / "live")
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        proc.stdout.readline()
+        for _ in range(15):  # the writer compacts every 4 chunks: reads race with it
+            got = _markers(tmp_path / "live", 0)
+            assert got == list(range(len(got)))
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)

@@ -11,6 +11,7 @@ import hashlib
 import os
 import socket
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -144,17 +145,45 @@ class _Chunks:
         return [(p, e, r) for _, p, e, r in out]
 
 
-def _read_chunk(path: Path, entry: dict[str, Any] | None, table: str, attempt: int) -> pd.DataFrame:
+def _open_chunks(run_dir: Path, chunks: "_Chunks", table: str, attempt: int) -> tuple[list, "_Chunks"]:
+    """Open every chunk of one attempt's table at once: a live writer may compact (delete) chunks
+    between our listing and our opening, but a file once opened stays readable. A chunk that
+    vanished means look again; after a few tries it is reported as missing."""
+    for tries in range(20):
+        opened: list[tuple[Path, dict[str, Any] | None, Any]] = []
+        vanished = False
+        for path, entry, _ in chunks.select(table, attempt):
+            if entry is not None and entry.get("_missing"):
+                vanished = True
+                opened.append((path, entry, TrainscopeError(
+                    f"{path}: chunk listed in the manifest is missing (deleted or moved)")))
+                continue
+            try:
+                fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+                opened.append((path, entry, os.fdopen(fd, "rb")))
+            except FileNotFoundError:
+                vanished = True
+                opened.append((path, entry, TrainscopeError(f"{path}: chunk vanished while reading")))
+            except OSError as e:
+                opened.append((path, entry, TrainscopeError(f"{path}: unreadable chunk ({e.strerror or e})")))
+        if not vanished or tries == 19:
+            return opened, chunks
+        for _, _, f in opened:
+            if not isinstance(f, Exception):
+                f.close()
+        time.sleep(0.01)
+        chunks = _Chunks(run_dir)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _read_chunk(path: Path, entry: dict[str, Any] | None, table: str, attempt: int, f: Any) -> pd.DataFrame:
     cols = schema.COLUMNS[table]
-    if entry is not None and entry.get("_missing"):
-        raise TrainscopeError(f"{path}: chunk listed in the manifest is missing (deleted or moved)")
-    st = _stat(path)
-    if st is None:
-        raise TrainscopeError(f"{path}: chunk vanished while reading")
-    if not stat.S_ISREG(st.st_mode):
-        raise TrainscopeError(f"{path}: chunk is not a regular file")
+    if isinstance(f, Exception):
+        raise f
     try:
-        with open(path, "rb") as f:
+        with f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise TrainscopeError(f"{path}: chunk is not a regular file")
             data = f.read()
     except OSError as e:
         raise TrainscopeError(f"{path}: unreadable chunk ({e.strerror or e})") from None
@@ -180,18 +209,23 @@ def _read_chunk(path: Path, entry: dict[str, Any] | None, table: str, attempt: i
         raise TrainscopeError(f"{path}: unreadable {table} chunk ({type(e).__name__}: {e})") from None
 
 
-def _read_table(chunks: _Chunks, table: str, attempt: int, skip_corrupt: bool, notes: list[str]) -> pd.DataFrame:
+def _read_table(run_dir: Path, chunks: "_Chunks", table: str, attempt: int, skip_corrupt: bool,
+                notes: list[str]) -> tuple[pd.DataFrame, "_Chunks"]:
     frames = []
-    for path, entry, _ in chunks.select(table, attempt):
+    opened, chunks = _open_chunks(run_dir, chunks, table, attempt)
+    for i, (path, entry, f) in enumerate(opened):
         try:
-            frames.append(_read_chunk(path, entry, table, attempt))
+            frames.append(_read_chunk(path, entry, table, attempt, f))
         except TrainscopeError as e:
             if not skip_corrupt:
+                for _, _, g in opened[i + 1:]:
+                    if not isinstance(g, Exception):
+                        g.close()
                 raise TrainscopeError(f"{e} (--skip-corrupt reads the rest)") from None
             notes.append(f"skipped {e}")
     if not frames:
-        return empty_frame(table)
-    return pd.concat(frames, ignore_index=True).astype(schema.COLUMNS[table])
+        return empty_frame(table), chunks
+    return pd.concat(frames, ignore_index=True).astype(schema.COLUMNS[table]), chunks
 
 
 def _sanitize_meta(meta: dict[str, Any], notes: list[str], where: Path) -> None:
@@ -289,7 +323,9 @@ def load_run(path: str | os.PathLike[str], attempt: int | None = None, skip_corr
     meta.setdefault("name", run_dir.resolve().name)
     meta["attempt"] = attempt
     meta["attempts"] = sorted(attempts)
-    tables = {t: _read_table(chunks, t, attempt, skip_corrupt, notes) for t in schema.TABLES}
+    tables = {}
+    for t in schema.TABLES:
+        tables[t], chunks = _read_table(run_dir, chunks, t, attempt, skip_corrupt, notes)
     for t in (schema.SCALARS, schema.LAYERS, schema.EVENTS):
         tables[t] = tables[t].sort_values(["step", "rank"], kind="stable").reset_index(drop=True)
     if all(tables[t].empty for t in (schema.SCALARS, schema.LAYERS, schema.EVENTS)):

@@ -382,8 +382,11 @@ class RunWriter:
 
     def _merge(self, table: str, group: list[tuple[str, dict[str, Any]]], level: int) -> None:
         tables = []
-        for key, _ in group:
-            tables.append(pq.read_table(self.dir / key))
+        for key, entry in group:
+            data = (self.dir / key).read_bytes()
+            if hashlib.sha256(data).hexdigest() != entry["sha256"]:  # never bake damage into a new checksum
+                raise TrainscopeError(f"{self.dir / key}: changed on disk since it was written; not compacted")
+            tables.append(pq.read_table(pa.BufferReader(data)))
         merged = pa.concat_tables(tables).cast(self._schemas[table])
         lo, hi = min(e["lo"] for _, e in group), max(e["hi"] for _, e in group)
         self._write_chunk_replacing(table, merged, lo, hi, level, [k for k, _ in group])
