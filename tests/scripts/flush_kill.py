@@ -4,8 +4,8 @@
 
 Logs `marker` = the step at every optimizer step, flushes after each (so a kill lands inside a
 flush or a compaction most of the time) and prints the step once that flush returned. With
---no-flush it never flushes (a kill before the first flush). A refused second writer prints
-`refused: <message>` and exits 3.
+--no-flush it never flushes (a kill before the first flush). (watch() never raises: a second writer
+of a live run dir gets a probe that records nothing; store_writer.py shows the refusal itself.)
 """
 import itertools
 import sys
