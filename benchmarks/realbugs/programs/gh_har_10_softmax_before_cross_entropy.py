@@ -40,9 +40,9 @@ def windows(n: int, g: torch.Generator):
     y = torch.randint(0, 6, (n,), generator=g)
     t = torch.arange(128) / 50.0  # 50 Hz, 2.56 s windows
     freq = torch.tensor([0.5, 1.0, 1.8, 2.5, 0.2, 3.2])[y][:, None, None]
-    amp = torch.rand(6, 9, 1, generator=g)[y] + 0.2
+    amp = 2 * torch.rand(6, 9, 1, generator=torch.Generator().manual_seed(6))[y] + 0.2  # per-activity sensor pattern
     phase = torch.rand(n, 9, 1, generator=g) * 2 * math.pi
-    x = amp * torch.sin(2 * math.pi * freq * t + phase) + 0.3 * torch.randn(n, 9, 128, generator=g)
+    x = amp * torch.sin(2 * math.pi * freq * t + phase) + 0.1 * torch.randn(n, 9, 128, generator=g)
     return x, y
 
 
