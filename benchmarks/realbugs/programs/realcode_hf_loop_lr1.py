@@ -7,9 +7,9 @@ import _realcode_hf as hf  # noqa: E402
 
 CASE = {
     "id": "realcode_hf_loop_lr1",
-    "source": "https://huggingface.co/docs/transformers/training (train in native PyTorch) and "
-              "https://github.com/huggingface/transformers/blob/main/examples/pytorch/language-modeling/"
-              "run_clm_no_trainer.py — the documented loop, tiny GPT2Config",
+    "source": "https://github.com/huggingface/transformers/blob/main/examples/pytorch/language-modeling/"
+              "run_clm_no_trainer.py — the documented native-PyTorch causal-LM loop (also "
+              "huggingface.co/docs/transformers/training), tiny GPT2Config",
     "summary": "GPT2LMHeadModel from GPT2Config(n_layer=2, n_embd=64) trained with the documented loop "
                "(AdamW with no_decay groups, get_linear_schedule_with_warmup over 10% of the steps, "
                "loss = outputs.loss, clip_grad_norm_(1.0)) at learning_rate=1.0: the loss blows up during "
