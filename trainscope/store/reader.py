@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -268,6 +269,15 @@ def _metas_of_attempt(run_dir: Path, attempt: int, latest: int) -> dict[int, dic
     return metas
 
 
+def _sorted_by_step_rank(df: pd.DataFrame) -> bool:
+    """True when a stable sort by (step, rank) would not move any row (sorting 10M rows takes seconds)."""
+    if len(df) < 2:
+        return True
+    s, r = df["step"].to_numpy(), df["rank"].to_numpy()
+    ds = s[1:] - s[:-1]
+    return bool(np.all((ds > 0) | ((ds == 0) & (r[1:] >= r[:-1]))))
+
+
 def load_run(path: str | os.PathLike[str], attempt: int | None = None, skip_corrupt: bool = False) -> Run:
     """Load a trainscope run directory (all ranks merged; the `rank` column tells them apart).
 
@@ -327,7 +337,9 @@ def load_run(path: str | os.PathLike[str], attempt: int | None = None, skip_corr
     for t in schema.TABLES:
         tables[t], chunks = _read_table(run_dir, chunks, t, attempt, skip_corrupt, notes)
     for t in (schema.SCALARS, schema.LAYERS, schema.EVENTS):
-        tables[t] = tables[t].sort_values(["step", "rank"], kind="stable").reset_index(drop=True)
+        if not _sorted_by_step_rank(tables[t]):  # chunks are written in step order: usually sorted already
+            tables[t] = tables[t].sort_values(["step", "rank"], kind="stable")
+        tables[t] = tables[t].reset_index(drop=True)
     if all(tables[t].empty for t in (schema.SCALARS, schema.LAYERS, schema.EVENTS)):
         more = (f"; earlier attempt(s) {', '.join(str(a) for a in sorted(attempts) if a != attempt)} "
                 "hold data (--attempt N)") if len(attempts) > 1 else ""

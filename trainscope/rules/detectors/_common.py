@@ -59,23 +59,59 @@ def is_compute(module_type: str) -> bool:
     return not str(module_type).startswith(NON_COMPUTE)
 
 
+def compute_mask(module_types: pd.Series) -> pd.Series:
+    """`module_types.map(is_compute)`, deciding once per distinct type (a big run has millions of rows)."""
+    return module_types.map({t: is_compute(t) for t in pd.unique(module_types)}).astype(bool)
+
+
 def layer_rows(run: Run, kind: str) -> pd.DataFrame:
-    """Rows of one kind (grad/activation/weight/update) on rank 0, or NotApplicable."""
+    """Rows of one kind (grad/activation/weight/update) on rank 0, or NotApplicable.
+
+    Selected once per run and kind (several rules ask; on a 10M-row run each selection costs
+    seconds); the detectors only read the frame they get."""
     df = run.layers
     if df.empty:
         raise NotApplicable("no layer statistics")
-    df = df[df["kind"] == kind]
-    if "rank" in df and (df["rank"] == 0).any():
-        df = df[df["rank"] == 0]
-    if df.empty:
+    cache = run.__dict__.setdefault("_layer_rows_cache", {})
+    hit = cache.get(kind)
+    if hit is not None and hit[0] is df:
+        sel = hit[1]
+    else:
+        sel = df[df["kind"] == kind]
+        if "rank" in sel and (sel["rank"] == 0).any():
+            sel = sel[sel["rank"] == 0]
+        cache[kind] = (df, sel)
+    if sel.empty:
         raise NotApplicable(f"no {kind} statistics recorded")
-    return df
+    return sel
 
 
 def pivot(df: pd.DataFrame, stat: str) -> pd.DataFrame:
-    """step x layer table of one statistic, layers in forward order."""
+    """step x layer table of one statistic (the mean of duplicates), layers in forward order.
+
+    The same table as `df.pivot_table(index="step", columns="layer", values=stat, aggfunc="mean")`
+    (steps ascending, all-NaN rows and columns dropped), built with numpy: pivot_table's groupby
+    was the slowest part of diagnosing a big run."""
     order = df.groupby("layer")["order"].min().sort_values(kind="stable")
-    table = df.pivot_table(index="step", columns="layer", values=stat, aggfunc="mean")
+    steps, si = np.unique(df["step"].to_numpy(), return_inverse=True)
+    li, layers = pd.factorize(df["layer"], sort=False)
+    vals = df[stat].to_numpy(dtype=np.float64, na_value=np.nan)
+    ok = ~np.isnan(vals) & (li >= 0)
+    n_l = len(layers)
+    cell = si[ok] * n_l + li[ok]
+    cnt = np.bincount(cell, minlength=len(steps) * n_l).reshape(len(steps), n_l)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        # sum finite values with bincount; +-inf separately so that inf - inf stays NaN like pandas' mean
+        v = vals[ok]
+        fin = np.isfinite(v)
+        total = np.bincount(cell[fin], weights=v[fin], minlength=len(steps) * n_l).reshape(len(steps), n_l)
+        for sign in (1.0, -1.0):
+            hit = np.bincount(cell[v == sign * np.inf], minlength=len(steps) * n_l).reshape(len(steps), n_l) > 0
+            total = np.where(hit, total + sign * np.inf, total)
+        mean = np.where(cnt > 0, total / np.maximum(cnt, 1), np.nan)
+    keep_rows, keep_cols = cnt.any(axis=1), cnt.any(axis=0)
+    table = pd.DataFrame(mean[keep_rows][:, keep_cols], index=pd.Index(steps[keep_rows], name="step"),
+                         columns=pd.Index(np.asarray(layers)[keep_cols], name="layer"))
     return table[[c for c in order.index if c in table.columns]]
 
 

@@ -16,7 +16,7 @@ from trainscope.rules.detectors._common import (
     detail,
     events,
     fmt,
-    is_compute,
+    compute_mask,
     layer_name,
     layer_rows,
     pivot,
@@ -34,7 +34,7 @@ DYING_RELU = ("ReLU", "ReLU6")  # units of these can die (LeakyReLU, GELU, ELU c
 def _flow(ctx: Context) -> tuple[pd.DataFrame, str, str, pd.Series]:
     """Per-step gradient norms of compute layers and the first/last norm ratio."""
     g = layer_rows(ctx.run, "grad")
-    g = g[g["module_type"].map(is_compute) & (g["order"] >= 0)]
+    g = g[compute_mask(g["module_type"]) & (g["order"] >= 0)]
     norms = pivot(g, "norm").dropna(axis=1, how="all")
     if norms.shape[1] < 2:
         raise NotApplicable("fewer than two layers with gradients")

@@ -14,7 +14,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from trainscope.rules.detectors._common import current_lr, fmt, is_compute, layer_name, layer_rows, pivot, sig1, train_loss
+from trainscope.rules.detectors._common import compute_mask, current_lr, fmt, layer_name, layer_rows, pivot, sig1, train_loss
 from trainscope.rules.finding import Finding
 from trainscope.rules.registry import Context, NotApplicable, detector
 
@@ -23,7 +23,7 @@ def _ratios(ctx: Context, min_steps: int | None = None) -> tuple[pd.Series, pd.D
     """Median update ratio across compute layers per recorded step, and the step x layer table,
     both restricted to the run's working LR."""
     u = layer_rows(ctx.run, "update")
-    u = u[u["module_type"].map(is_compute)]
+    u = u[compute_mask(u["module_type"])]
     table = pivot(u, "ratio")
     # an exact 0 is a frozen layer (another problem); inf is a zero-initialized weight's first step
     table = table.where(table > 0).replace([np.inf, -np.inf], np.nan)
