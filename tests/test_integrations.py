@@ -192,6 +192,8 @@ def test_lightning_healthy_run(tmp_path):
     assert run.events_of("epoch")["value"].tolist() == list(range(8))
     assert run.meta["optimizer"]["class"] == "Adam" and run.meta["criterion"]["class"] == "CrossEntropyLoss"
     assert {"net.0", "net.2"} <= set(run.layers[run.layers.kind == "grad"].layer)
+    # Lightning steps with optimizer.step(closure): the gradients are the closure's, from step 0 on
+    assert run.scalar("grad_norm").index[0] == 0 and (run.scalar("loop/backwards") == 1).all()
     assert not _serious(run), _serious(run)
 
 

@@ -345,3 +345,33 @@ def test_mp_spawn_ranks_share_one_default_run_dir(tmp_path):
     assert sorted(run.scalars["rank"].unique()) == [0, 1]
     assert Path(runs[0] / "meta-r1.json").exists()
     assert all(v["steps"] == 4 for v in run.meta["ranks"].values())
+
+
+# ----------------------------------------------------------------------------- torch.compile
+def test_compiled_model_gets_layer_order_and_gradient_flow_findings(tmp_path):
+    torch.manual_seed(0)
+    layers: list[nn.Module] = [nn.Linear(16, 32), nn.Sigmoid()]
+    for _ in range(10):
+        layers += [nn.Linear(32, 32), nn.Sigmoid()]
+    model = nn.Sequential(*layers, nn.Linear(32, 4))  # deep sigmoid MLP: vanishing gradients
+    compiled = torch.compile(model, backend="eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    x, _ = _data(256)
+    x = torch.cat([x, x[:, :4]], dim=1)
+    y = (x[:, 0] > 0).long() + 2 * (x[:, 1] > 0).long()
+    with trainscope.watch(compiled, tmp_path / "r", optimizer=opt, every=5) as probe:
+        for s in range(30):
+            xb, yb = x[s % 4 * 64:(s % 4 + 1) * 64], y[s % 4 * 64:(s % 4 + 1) * 64]
+            opt.zero_grad()
+            loss = nn.functional.cross_entropy(compiled(xb), yb)
+            loss.backward()
+            opt.step()
+            probe.log(train_loss=loss)
+    run = trainscope.load_run(tmp_path / "r")
+    assert run.meta["compiled"] is True
+    order = run.layers.drop_duplicates("layer").set_index("layer")["order"]
+    assert (order >= 0).all() and order["0"] < order["2"] < order["22"]  # the module tree's order
+    init = run.init.set_index("layer")
+    assert init.loc["0", "nonlinearity"] == "sigmoid" and init.loc["22", "nonlinearity"] == "linear"
+    found = {f.name for f in trainscope.diagnose(run)}
+    assert "vanishing-gradients" in found, found

@@ -111,6 +111,14 @@ class Probe:
         self.trace = ForwardTrace(self.model, self.buffer, self.buffer, compiled=self.compiled)
         self.activations = ActivationHooks(self.model, {n for n, _, _, _ in layers}, self.buffer, self.guard,
                                            self.trace.note)
+        if self.compiled:
+            # No hooks inside a compiled graph, so no traced forward: the layer order (and the activation
+            # that follows each weight, for the init table) come from the uncompiled module tree instead,
+            # in definition order. Functional activations (F.relu in forward) are not seen this way.
+            weights = {n for n, _, _, _ in layers}
+            for n, m in self.model.named_modules():
+                if n and not any(True for _ in m.children()):
+                    self.trace.note("weight" if n in weights else "module", n, type(m).__name__)
         self.criterion_watch = CriterionWatch(criterion, self.buffer, self.clock, self.guard)
         self.buffer.meta_fn = self._write_meta
 
