@@ -526,13 +526,14 @@ HEALTHY = tuple(n for n in SCENARIOS if n.startswith("healthy-"))
 LABELS: dict[str, set[str]] = {
     **{n: set() for n in HEALTHY},
     "healthy-bn-tail-batch": {"batchnorm-small-batch"},  # the 3-sample last batch (info, drop_last)
-    "deep-sigmoid": {"poor-initialization", "vanishing-gradients"},
+    "deep-sigmoid": {"poor-initialization", "vanishing-gradients", "no-normalization-deep-stack"},
     "sgd-lr-2": {"lr-too-high", "exploding-gradients", "nan-or-inf"},
     "outlier-regression": {"unstable-gradients"},
     "dead-relu-bias": {"dead-relu", "vanishing-gradients", "collapsed-activations"},
     "nan-loss": {"nan-or-inf", "lr-too-high"},
     "saturated-tanh": {"saturated-activations", "unnormalized-inputs"},
-    "collapsed-tiny-init": {"poor-initialization", "collapsed-activations", "vanishing-gradients", "dead-relu"},
+    "collapsed-tiny-init": {"poor-initialization", "collapsed-activations", "vanishing-gradients", "dead-relu",
+                            "no-normalization-deep-stack"},
     "streamrec-default": {"poor-initialization"},
     "streamrec-xavier": {"poor-initialization"},
     "mlp3-default-init": {"poor-initialization"},  # 3 hidden layers at 1/6 of He: info, not a warning
@@ -564,7 +565,8 @@ LABELS: dict[str, set[str]] = {
     "mlp-raw-digits": {"unnormalized-inputs", "initial-loss-mismatch"},
     "lstm-onecycle-per-epoch": {"scheduler-step-cadence"},
     "bn-cnn-batch-2": {"batchnorm-small-batch"},
-    "deep-tanh-tiny-init": {"poor-initialization", "vanishing-gradients", "collapsed-activations"},
+    "deep-tanh-tiny-init": {"poor-initialization", "vanishing-gradients", "collapsed-activations",
+                            "no-normalization-deep-stack"},
     # MSE + SGD 0.2: grad norm 15 -> 529 -> 1.6e5 -> 3e11 -> NaN in four steps
     "mse-sgd-lr-high": {"lr-too-high", "exploding-gradients", "nan-or-inf"},
     "sigmoid-big-init": {"poor-initialization", "saturated-activations"},

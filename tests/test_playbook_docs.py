@@ -20,7 +20,8 @@ KNOWN = {"adam-l2-weight-decay", "batchnorm-small-batch", "collapsed-activations
          "no-early-stopping", "no-validation", "oscillation", "output-activation-mismatch", "overfitting",
          "poor-initialization", "saturated-activations", "scheduler-step-cadence", "slow-start",
          "softmax-before-cross-entropy", "underfitting", "unnormalized-inputs", "unstable-gradients",
-         "vanishing-gradients"}
+         "vanishing-gradients", "input-pipeline-bound", "host-sync-bound", "performance-hints",
+         "dropout-after-output", "high-dropout-rate", "no-normalization-deep-stack"}
 
 
 @pytest.mark.parametrize("rule", list(load_catalogue(ROOT / "rules").values()), ids=lambda r: r.name)

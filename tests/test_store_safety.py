@@ -57,6 +57,8 @@ def _tables(run) -> dict[str, pd.DataFrame]:
     out = {}
     for t in ("scalars", "layers", "events", "init"):
         df = getattr(run, t).drop(columns=["time"], errors="ignore")
+        if t == "scalars":  # step timing (time/data, ...) is wall-clock, like the time column
+            df = df[~df["name"].astype(str).str.startswith("time/")]
         out[t] = df.sort_values(list(df.columns)).reset_index(drop=True)
     return out
 

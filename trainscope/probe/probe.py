@@ -41,7 +41,9 @@ from trainscope.probe.live import LiveFindings, is_finding
 from trainscope.probe.loop_facts import LoopFacts
 from trainscope.probe.model_loss import ModelLoss
 from trainscope.probe.params import ParamStats, layers_with_params
+from trainscope.probe.timing import Timing
 from trainscope.probe.trace import ForwardTrace
+from trainscope.probe.tracking import Tracking
 from trainscope.probe.util import default_run_dir, dist_rank_world, first_input, first_tensor, jsonable, rank_known
 from trainscope.probe.util import unwrap, unwrap_optimizer
 from trainscope.store.writer import RunWriter, new_meta
@@ -67,6 +69,7 @@ class Probe:
         config: dict[str, Any] | None = None,
         resume: bool = False,
         on_finding: str = "warn",
+        notes: str | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"trainscope.watch needs an nn.Module, got {type(model).__name__}")
@@ -104,7 +107,8 @@ class Probe:
         self.params = ParamStats(layers, self.buffer, self.clock, grad_norm_every=max(1, int(grad_norm_every)),
                                  has_optimizer=optimizer is not None)
         self.loop = LoopFacts(self.buffer, self.clock, optimizer=optimizer, scheduler=scheduler)
-        self.clock.collectors = [self.params, self.loop]
+        self.timing = Timing(self.buffer, self.clock, self.model)  # where the step's time goes
+        self.clock.collectors = [self.timing, self.params, self.loop]
         self.clock.buffer = self.buffer
         self.clock.after_step = self._after_step
         # the init table goes through the buffer too: written at a flush, retried if the write fails
@@ -121,6 +125,8 @@ class Probe:
                     self.trace.note("weight" if n in weights else "module", n, type(m).__name__)
         self.criterion_watch = CriterionWatch(criterion, self.buffer, self.clock, self.guard)
         self.buffer.meta_fn = self._write_meta
+        self.tracking = Tracking(notes, self.world_size, self.rank, self.model)  # git, data, env, seeds
+        self.tracking.install(criterion)
 
         self._meta = new_meta(
             name=name or self.run_dir.name,
@@ -210,6 +216,8 @@ class Probe:
                 pass
         self._handles, self.clock.handles, self.criterion_watch.handles, self.activations.handles = [], [], [], []
         self.trace.exit_fn_mode()
+        self.tracking.close()
+        self.timing.close()
         self.buffer.event(self.clock.fwd_step, "run", "", float("nan"), {"what": "close", "status": status})
         try:
             self._resolve_rank(final=True)
@@ -254,6 +262,7 @@ class Probe:
         if self.buffer.due() or self.live.wants_flush():
             self._resolve_rank(final=True)
             self.buffer.flush()
+            self.timing.restart_wait()  # the probe's own flush is not the loop waiting for data
 
     def _resolve_rank(self, final: bool = False) -> None:
         """watch() ran before init_process_group in a spawned process: take the rank once torch.distributed
@@ -276,12 +285,15 @@ class Probe:
             return  # validation / inference forwards are not training steps
         clock = self.clock
         clock.on_forward()
+        self.timing.on_forward(args or tuple(kwargs.values()))
         clock.fwd_step = step = clock.step
         if not self._rank_known:
             self._resolve_rank()
         x = first_tensor(args)
         if x is None and kwargs:  # model(**batch): input_ids / pixel_values / x / ...
             x = first_input(kwargs)
+        if not self.tracking.done:
+            self.tracking.on_batch((args, kwargs) if kwargs else args)
         self.loop.on_forward(module, x)
         first = not self.trace.done
         if first:
@@ -324,6 +336,8 @@ class Probe:
             num_classes=self.criterion_watch.num_classes,
             bytes_written=self.writer.bytes_written,
             disabled_hooks=sorted(self.guard.disabled),
+            tracking=self.tracking.summary(),
+            notes=self.tracking.notes,
         )
         if status is not None:
             meta["status"] = status
@@ -359,6 +373,9 @@ def watch(model: nn.Module, run_dir: str | os.PathLike[str] | None = None, **opt
     resume: continue the run already in `run_dir` (same attempt, steps go on from the last recorded
         step) instead of starting a new attempt next to it (docs/run-store.md).
     name, config: the run's name and any JSON-able dict to keep in meta.json.
+    notes: a free-text note kept in meta.json (`notes`), shown by `trainscope compare`.
+    meta.json also records `tracking`: the script's git commit and dirty flag, a fingerprint of the first
+    training batches, the environment and the seeds (trainscope/probe/tracking.py).
     on_finding: what a live finding (a loop bug seen in the first steps, NaN/Inf, divergence) does:
         "warn" (default) prints one line to stderr per rule, "raise" stops the run with
         `trainscope.TrainscopeFinding`, "ignore" stays silent; everything is recorded either way.

@@ -317,6 +317,9 @@ def marks_for(finding: Finding, anchor: str) -> list[Mark]:
 # Which section shows a rule's evidence, in order of preference (the first present wins).
 RULE_SECTIONS: dict[str, tuple[str, ...]] = {
     "loss-not-decreasing": ("loss",),
+    "input-pipeline-bound": ("time",),
+    "host-sync-bound": ("time",),
+    "performance-hints": ("time", "run"),
     "divergence": ("loss", "grad-norm"),
     "overfitting": ("loss",),
     "underfitting": ("loss",),

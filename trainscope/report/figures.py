@@ -14,6 +14,7 @@ from trainscope.report.layer_figures import (
     act_stats_section, dead_section, grad_section, saturation_section, update_section,
 )
 from trainscope.report.plotting import SEVERITY_COLORS, Section, pe
+from trainscope.report.timing_figure import time_section
 from trainscope.store.run import Run
 
 __all__ = ["BUILDERS", "SECTION_IDS", "SEVERITY_COLORS", "Section", "fmt", "pe"]
@@ -34,5 +35,6 @@ BUILDERS: tuple[tuple[str, SectionBuilder], ...] = (
     ("update", update_section),
     ("init", init_section),
     ("ranks", lambda run, marks: ranks_section(run)),
+    ("time", time_section),
 )
 SECTION_IDS = tuple(sid for sid, _ in BUILDERS)

@@ -220,13 +220,21 @@ def register(app: typer.Typer) -> None:
             table, summaries = compare(list(runs), diagnose=not no_diagnose)
         except TrainscopeError as e:
             raise _fail(str(e)) from None
+        from trainscope.train.config_diff import config_diff, format_diff
+
+        metas = [s.meta for s in summaries]
         if format == "json":
             rows = json.loads(table.to_json(orient="records"))
-            for row, s in zip(rows, summaries):
+            _, values, _ = config_diff(metas)
+            for i, (row, s) in enumerate(zip(rows, summaries)):
                 row["findings"] = [f.to_dict() for f in s.findings]
+                row["config_differences"] = {k: v[i] for k, v in values.items()}
             typer.echo(json.dumps(rows, indent=2))
         else:
             typer.echo(to_markdown(table) if format == "markdown" else format_table(table))
+            if len(summaries) > 1:
+                typer.echo("")
+                typer.echo(format_diff([s.name for s in summaries], metas, markdown=format == "markdown"))
         if html is not None:
             write_html(summaries, table, html)
             typer.echo(f"wrote {html}", err=True)

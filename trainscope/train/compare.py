@@ -5,6 +5,8 @@ Columns (all read back from the recorded runs, not from the trainer's memory):
   epochs to best, the validation loss at the end of training, the train-val gap of the model the run
   returned (validation loss minus that epoch's mean training loss; the best epoch when the trainer
   restored its weights, else the last epoch), wall time, and the findings.
+Beside it, `config_diff.format_diff` lists exactly which recorded settings differ between the runs
+(optimizer, schedule, loss, model layers, config, data fingerprint, code commit, environment, seeds, notes).
 """
 from __future__ import annotations
 
@@ -36,6 +38,7 @@ class RunSummary:
     findings: list[Any] = field(default_factory=list)
     diagnosis_error: str = ""
     curves: pd.DataFrame | None = None  # epoch, train_loss, val_loss
+    meta: dict[str, Any] = field(default_factory=dict)  # the run's meta.json (configuration differences)
 
     def diagnosis(self) -> str:
         if self.diagnosis_error:
@@ -59,7 +62,7 @@ def summarize(path: str | Path, diagnose: bool = True) -> RunSummary:
     import trainscope
 
     run = trainscope.load_run(path)
-    s = RunSummary(name=run.name, path=str(path))
+    s = RunSummary(name=run.name, path=str(path), meta=dict(run.meta or {}))
     val = _series(run, "val_loss")
     train = _series(run, "train_loss")
     if not val.empty and val["epoch"].notna().all():
@@ -188,6 +191,15 @@ def write_html(summaries: list[RunSummary], table: pd.DataFrame, path: str | Pat
     fig.update_layout(title="Loss per epoch", xaxis_title="epoch", yaxis_title="loss", template="plotly_white",
                       height=480)
     body = fig.to_html(full_html=False, include_plotlyjs=True)
+    from trainscope.train.config_diff import config_diff
+
+    differ, values, same = config_diff([s.meta for s in summaries])
+    if len(summaries) > 1:
+        diff_rows = "".join("<tr><td>" + html.escape(k) + "</td>" + "".join(f"<td>{html.escape(v)}</td>" for v in vs)
+                            + "</tr>" for k, vs in values.items())
+        diff_head = "<th>setting</th>" + "".join(f"<th>{html.escape(s.name)}</th>" for s in summaries)
+        body = (f"<h2>Configuration differences ({len(differ)} differ, {same} the same)</h2>"
+                f"<table class='diff'><tr>{diff_head}</tr>{diff_rows}</table>") + body
     _, header, body_rows = _rows(table)
     rows = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in body_rows)
     head = "".join(f"<th>{html.escape(c)}</th>" for c in header)

@@ -442,6 +442,8 @@ class Trainer:
             logged = {k: v for k, v in final.items() if k.startswith("test_")}
             if h.best_epoch is not None:
                 logged["best_epoch"] = float(h.best_epoch)
+            if h.restored_best and self.early is not None and self.early.best_epoch is not None:
+                logged["restored_epoch"] = float(self.early.best_epoch)  # the returned model is this epoch's
             logged["train_time_s"] = h.time_s
             self._log(step=last, **logged)
             self.probe.close()

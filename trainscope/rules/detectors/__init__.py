@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-MODULES = ("loss", "gradients", "activations", "init", "lr", "loop", "probe_health")
+MODULES = ("loss", "gradients", "activations", "init", "lr", "loop", "probe_health", "performance", "architecture")
 IMPORT_ERRORS: dict[str, str] = {}
 
 for _module in MODULES:

@@ -241,6 +241,13 @@ def overfitting(ctx: Context) -> list[Finding]:
     contained = after <= ctx.p("contained_evals") and after < 0.3 * len(v)
     note = (f"; the run ended {after} {word}{'s' if after > 1 else ''} after the minimum, so early stopping "
             "caught it" if contained else "")
+    # probe.log(restored_epoch=N) (the reference trainer writes it): the returned model is epoch N's.
+    kept = ctx.run.scalar("restored_epoch").dropna() if "restored_epoch" in ctx.run.scalar_names() else ()
+    i = next((j for j in range(len(v)) if len(kept) and e.label(j) == kept.iloc[-1]), None)
+    if i is not None and v[i] <= v[b] + max(3 * noise, ctx.p("min_val_rise") * abs(v[b])):
+        contained = True
+        note = (f"; the run restored the weights of {word} {e.label(i)} (val loss {_fmt(v[i])}), so the model "
+                "it returned is the validation minimum's")
     return [
         ctx.finding(
             f"val loss lowest {_fmt(v[b])} at {word} {best_epoch}, then {how} by {word} {e.label(len(v) - 1)} "
