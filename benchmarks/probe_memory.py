@@ -9,20 +9,24 @@ then under `trainscope.watch(every=8)` so that steps 0, 1, 2, 4, 8 are recorded 
 statistics and activations) and 3, 5, 6, 7 are not. Each step's peak memory is measured on its own:
 
 - CPU: the process's peak resident set (Linux `VmHWM`, reset before each step through
-  `/proc/self/clear_refs`), minus the resident set just before the step. Big tensors are mmap'ed by
-  the allocator and returned when freed, so the peak of a step is what it held at once.
+  `/proc/self/clear_refs`), minus the resident set just before the step. The script re-runs itself
+  with glibc told to mmap every block of 16 KB or more and to trim freed heap at once, so the
+  resident set follows what is allocated and the peak of a step is what it held at once. The
+  plain steps' spread shows the resolution (a few MB).
 - CUDA: `torch.cuda.max_memory_allocated()` after `reset_peak_memory_stats()`, minus the allocated
   bytes before the step.
 
 The probe's extra is a watched step's peak minus the median peak of the plain steps, printed for the
 worst recorded and the worst unrecorded step, in MB and as a fraction of the parameter bytes (the
 issue's bound: <= 2% on a recorded step). Memory the probe keeps between steps (its buffers) shows in
-the resident set before the step and is printed too. The first watched step (0) also builds the
+the resident set before the step and is printed too; a tiny model is watched first so that the
+libraries `watch()` loads (pyarrow's Parquet writer, ...) are not counted as the probe's. The first watched step (0) also builds the
 initialization table and traces the first forward; it is reported on its own line.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -95,11 +99,25 @@ class Meter:
         return _status_kb("VmHWM") * 1024 - self.before
 
 
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": "16384", "MALLOC_TRIM_THRESHOLD_": "0", "MALLOC_ARENA_MAX": "1"}
+
+
+def _reexec_with_malloc_env() -> None:
+    """glibc reads these at start-up: every block of 16 KB or more is mmap'ed and unmapped when freed,
+    and freed heap is trimmed, so the resident set follows what is allocated (without them a freed
+    tensor may stay resident in an arena and a step's peak reads tens of MB off)."""
+    if sys.platform.startswith("linux") and any(os.environ.get(k) != v for k, v in MALLOC_ENV.items()):
+        os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **MALLOC_ENV})
+
+
 def main(argv: list[str] | None = None) -> int:
+    if argv is None and "--no-reexec" not in sys.argv:
+        _reexec_with_malloc_env()
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--no-reexec", action="store_true", help="keep glibc's default malloc settings")
     ap.add_argument("--model", default="gpt100m", choices=list(MODELS))
     ap.add_argument("--device", default="cpu")
-    ap.add_argument("--plain", type=int, default=4, help="unwatched steps to take the median peak of")
+    ap.add_argument("--plain", type=int, default=5, help="unwatched steps to take the median peak of")
     ap.add_argument("--watched", type=int, default=9, help="watched steps (every=8: 0, 1, 2, 4, 8 are recorded)")
     ap.add_argument("--gpt-batch", type=int, default=2)
     ap.add_argument("--gpt-seq", type=int, default=64)
@@ -134,12 +152,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{args.model}: {sum(p.numel() for p in params.values()) / 1e6:.1f}M parameters, "
           f"{param_bytes / 1e6:.0f} MB of parameters ({next(iter(params.values())).dtype}), {args.optimizer}, "
           f"device {args.device}, torch {torch.__version__}")
+    with tempfile.TemporaryDirectory() as d:  # import and set up everything watch() needs, on a tiny model,
+        tiny = nn.Linear(4, 2)                 # so the libraries it loads do not count as the probe's memory
+        tiny_opt = torch.optim.SGD(tiny.parameters(), lr=0.1)
+        with trainscope.watch(tiny, d, optimizer=tiny_opt, every=1) as p:
+            for _ in range(3):
+                tiny_opt.zero_grad()
+                tiny(torch.randn(3, 4)).sum().backward()
+                tiny_opt.step()
+                p.log(train_loss=1.0)
+        trainscope.load_run(d)
     step()  # warm: optimizer state, allocator pools
     plain = [step() for _ in range(args.plain)]
     base_before = statistics.median(b for b, _ in plain)
     base_peak = statistics.median(p for _, p in plain)
+    spread = max(p for _, p in plain) - min(p for _, p in plain)
     print(f"plain step: peak {base_peak / 1e6:.1f} MB above the {base_before / 1e6:.0f} MB held before it "
-          f"(median of {args.plain})")
+          f"(median of {args.plain}; they spread over {spread / 1e6:.1f} MB = {spread / param_bytes:.2%}, "
+          "the resolution of what follows)")
     rows = []
     with tempfile.TemporaryDirectory() as d:
         probe = trainscope.watch(model, d, optimizer=opt, criterion=crit, every=8)
