@@ -218,6 +218,7 @@ class Probe:
         self.trace.exit_fn_mode()
         self.tracking.close()
         self.timing.close()
+        self.params.close()
         self.buffer.event(self.clock.fwd_step, "run", "", float("nan"), {"what": "close", "status": status})
         try:
             self._resolve_rank(final=True)
