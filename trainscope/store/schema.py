@@ -45,14 +45,14 @@ LAYER_STATS = (
 LAYER_COLUMNS: dict[str, str] = {
     "step": "int64",
     "layer": "string",  # module name as in model.named_modules()
-    "kind": "string",  # grad | activation | weight | update
+    "kind": "string",  # grad | activation | weight | update | grad_norm
     "module_type": "string",  # e.g. Linear, ReLU
     "order": "int32",  # forward execution order (input -> output), -1 if unknown
     **{s: "float64" for s in LAYER_STATS},
     "rank": "int32",
     "attempt": "int32",
 }
-LAYER_KINDS = ("grad", "activation", "weight", "update")
+LAYER_KINDS = ("grad", "activation", "weight", "update", "grad_norm")  # grad_norm: only norm and numel
 
 EVENT_COLUMNS: dict[str, str] = {
     "step": "int64",
