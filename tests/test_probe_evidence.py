@@ -64,7 +64,7 @@ def test_loss_module_found_softmax_over_one_unit_gives_zero_gradients(tmp_path):
     assert (grads["norm"] == 0).all() and (grads["frac_zero"] == 1).all()
     assert (run.scalar("grad_norm") == 0).all()
     status = _events(run, "parameter_status")
-    assert len(status) == 2 and run.events_of("parameter_status")["step"].tolist() == [2, 4]
+    assert len(status) == 2 and run.events_of("parameter_status")["step"].tolist() == [2, 3]
     assert set(status[0]["all_zero_grad"]) == {n for n, _ in model.named_parameters()}
     assert set(status[0]["unchanged"]) == {n for n, _ in model.named_parameters()}  # Adam with zero grads
     assert status[0]["never_grad"] == [] and status[0]["n_trainable"] == 4
@@ -100,7 +100,7 @@ def test_parameter_wiring(tmp_path):
         assert set(st["unchanged"]) == {"fc2.bias", "unused.weight", "unused.bias", "detached.weight",
                                         "detached.bias"}
         assert st["all_zero_grad"] == [] and st["optimizer_foreign"] == 1 and st["n_trainable"] == 8
-    assert run.events_of("parameter_status")["step"].tolist() == [2, 5]
+    assert run.events_of("parameter_status")["step"].tolist() == [2, 4]
 
 
 def test_foreign_weights_in_a_python_list(tmp_path):
@@ -170,9 +170,9 @@ def test_model_output_graph_and_eval_forwards(tmp_path):
     (out,) = _events(run, "model_output")
     assert out["producer"] == "RoundBackward0" and out["requires_grad"] is True
     ev = run.events_of("eval_forward")
-    assert ev["value"].tolist() == [1.0, 0.0, 1.0] and ev["step"].tolist() == [1, 2, 3]
+    assert ev["value"].tolist() == [1.0, 0.0, 1.0] and ev["step"].tolist() == [0, 1, 2]
     d = _events(run, "eval_forward")[0]
-    assert d == {"training": True, "has_dropout": True, "has_batchnorm": False, "step": 1}
+    assert d == {"training": True, "has_dropout": True, "has_batchnorm": False, "step": 0}
 
 
 def test_output_cut_from_the_graph(tmp_path):

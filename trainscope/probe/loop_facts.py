@@ -42,9 +42,10 @@ class LoopFacts(Collector):
         if training == self._eval_training:
             return
         self._eval_training = training
-        self.buffer.event(self.clock.step, "eval_forward", "", 1.0 if training else 0.0,
+        step = self.clock.fwd_step  # like probe.log: the step of the latest training forward
+        self.buffer.event(step, "eval_forward", "", 1.0 if training else 0.0,
                           {"training": training, "has_dropout": self._has_dropout,
-                           "has_batchnorm": self._has_batchnorm, "step": self.clock.step})
+                           "has_batchnorm": self._has_batchnorm, "step": step})
 
     def on_forward(self, module: torch.nn.Module, x: Tensor | None) -> None:
         """A training forward of the watched model (grad enabled) with its first input tensor."""

@@ -225,7 +225,7 @@ class Probe:
         self.params.close()
         self.criterion_watch.close()
         try:
-            self.status.write(self.clock.step, at_close=True)
+            self.status.write(max(self.clock.step - 1, 0), at_close=True)  # the last step that ran
         except Exception as e:
             self.guard.failed("parameter_status", e)
         self.buffer.event(self.clock.fwd_step, "run", "", float("nan"), {"what": "close", "status": status})

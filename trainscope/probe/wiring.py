@@ -3,8 +3,9 @@
 ParameterStatus writes a `parameter_status` event after step 2 and at close: parameters that never
 got a gradient, got only all-zero gradients, are in no optimizer param group, or never changed
 since `watch()` (a cheap fingerprint: a strided sample of the elements and their sum, not a clone),
-and the optimizer's parameters that are not in the model. Gradients are looked at on steps 0-2 and
-recorded steps (one fused norm per device, copied when the event is written).
+and the optimizer's parameters that are not in the model. Gradients are looked at on steps 0-2,
+recorded steps that are multiples of 100, and at close (one fused norm per device each time, copied
+when the event is written).
 
 ForeignWeights notes, during the first forward, weight ops (F.linear, F.conv2d, F.embedding, ...)
 that used a leaf tensor requiring grad that is not a parameter of the watched model: layers kept
@@ -23,6 +24,7 @@ from trainscope.probe.clock import Collector, StepClock
 
 STATUS_AFTER_STEP = 2
 FINGERPRINT_SAMPLES = 8
+OBSERVE_EVERY = 100  # after step 2, gradients are looked at on recorded steps that are multiples of this
 
 WEIGHT_OPS = {"linear", "bilinear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d",
               "conv_transpose3d", "embedding", "embedding_bag", "layer_norm", "group_norm", "batch_norm",
@@ -84,7 +86,7 @@ class ParameterStatus(Collector):
             self._pending.append((dense, [n.float() for n in torch._foreach_norm([self.params[i].grad for i in dense])]))
 
     def on_step_begin(self, step: int, record: bool) -> None:
-        if step <= STATUS_AFTER_STEP or record:
+        if step <= STATUS_AFTER_STEP or (record and step % OBSERVE_EVERY == 0):
             self._observe()
 
     def on_step_end(self, step: int) -> None:
