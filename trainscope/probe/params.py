@@ -78,6 +78,8 @@ class ParamStats(Collector):
         self._sample_index: dict[int, Tensor | None] = {}  # id(param) -> fixed elements for the update ratio
         self._rng = np.random.default_rng(20240601)
         self._on_clip = clock.guard.wrap("clip", self._clip_seen)
+
+    def install(self) -> None:
         clipping.attach(self._on_clip)
 
     def close(self) -> None:

@@ -256,8 +256,9 @@ class Probe:
                 f"cannot hook {type(self.optimizer).__name__}.step ({type(e).__name__}: {e}); "
                 "counting backward passes as steps instead"))
             self.clock.drop_optimizer()
-            self.optimizer = self.loop.optimizer = None
+            self.optimizer = self.loop.optimizer = self.status.optimizer = None
             self.params.has_optimizer = False
+        self.params.install()
         self.criterion_watch.install()
         self._handles.append(self._top.register_forward_hook(
             self.guard.wrap("model_loss", self.loss_fallback.on_output)))
