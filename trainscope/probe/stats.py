@@ -210,6 +210,7 @@ def tensor_norms(grads: list[Tensor]) -> tuple[Tensor, list[tuple[Tensor, list[i
     Returns (global norm, [(stacked per-tensor norms, their indices in `grads`) per device])."""
     if not grads:
         return torch.tensor(NAN), []
+    grads = [values_of(g) if g.layout != torch.strided or g.is_complex() else g for g in grads]  # as global_norm
     by_device: dict[torch.device, list[int]] = {}
     for i, g in enumerate(grads):
         by_device.setdefault(g.device, []).append(i)
@@ -239,13 +240,13 @@ def raw_update_sampled(before: Sequence[Tensor], after: Sequence[Tensor],
     A sampled tensor's sums are scaled by numel / samples, so exact and sampled tensors of one layer add up."""
     parts = []
     for b, a, idx in zip(before, after, index):
-        a = _flat_float(a)
+        a = a.detach().reshape(-1)
         if idx is not None:
             scale = a.numel() / idx.numel()
             a = a.index_select(0, idx)
         else:
             scale = 1.0
-        b = _flat_float(b)
-        d = a - b
+        d = a - b.detach().reshape(-1)  # complex weights: the magnitude of the complex change, as raw_update
+        b, d = _flat_float(b), _flat_float(d)
         parts += [d.dot(d) * scale, b.dot(b) * scale]
     return torch.stack(parts)

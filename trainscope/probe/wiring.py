@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from trainscope.probe import stats as st
 from trainscope.probe.buffer import RunBuffer
 from trainscope.probe.clock import Collector, StepClock
 
@@ -33,7 +34,7 @@ WEIGHT_OPS = {"linear", "bilinear", "conv1d", "conv2d", "conv3d", "conv_transpos
 
 def fingerprint(p: Tensor) -> Tensor:
     """A strided sample of the elements and their sum (float32, on p's device)."""
-    flat = p.detach().reshape(-1)
+    flat = st.values_of(p).reshape(-1)  # complex: magnitudes (no casting warning)
     if flat.numel() == 0:
         return torch.zeros(FINGERPRINT_SAMPLES + 1, device=p.device)
     stride = max(1, flat.numel() // FINGERPRINT_SAMPLES)
