@@ -81,9 +81,13 @@ def target_stats(target: Tensor) -> list[tuple[str, Tensor]]:
     if t.numel() == 0:
         return []
     if t.dim() == 1 and not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool):
-        mode = torch.mode(t).values
-        frac = (t == mode).sum().float() / t.numel()
-        return [(schema.BATCH_TARGET_MODE_FRAC, frac), (schema.BATCH_TARGET_MODE, mode.float())]
+        # Counts by binary search in the sorted targets: fixed-size outputs, so no host sync on a GPU
+        # (unique/bincount size their output from the data).
+        srt = t.sort().values
+        counts = torch.searchsorted(srt, srt, right=True) - torch.searchsorted(srt, srt, right=False)
+        top = counts.argmax()
+        frac = counts[top].float() / t.numel()
+        return [(schema.BATCH_TARGET_MODE_FRAC, frac), (schema.BATCH_TARGET_MODE, srt[top].float())]
     if t.is_floating_point():
         return [(schema.BATCH_TARGET_MEAN, t.float().mean())]
     return []
