@@ -162,8 +162,11 @@ class ParamStats(Collector):
     def _clip_seen(self, max_norm: Any, total_norm: Tensor | None) -> None:
         pre = self._pre
         if not self.has_optimizer:
-            # Without an optimizer the step ended at backward end, so its norm was pre-clip already.
-            self._clip_rows(self.clock.step - 1, max_norm, total_norm, clipped=True)
+            # Without an optimizer the step's statistics were read at its backward end, pre-clip already;
+            # the step is still open (it ends at the update, probe.step() or the next backward).
+            open_step = getattr(self.clock, "_open", None) is not None
+            self._clip_rows(self.clock.step if open_step else self.clock.step - 1, max_norm, total_norm,
+                            clipped=True)
             return
         s = self.clock.step
         if pre is not None and pre.step == s:  # a second clip in one step (e.g. per parameter group)
