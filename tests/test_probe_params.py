@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import time
 
+import numpy as np
+
 import pytest
 import torch
 from torch import nn
@@ -32,10 +34,47 @@ def test_norm_grads_and_update_ratio_match_torch(tmp_path):
     (norm_row,) = [r for r in buf.scalars if r[1] == "grad_norm"]
     assert to_host([norm_row[2]])[0] == pytest.approx(want_norm.item(), rel=1e-6)
     rows = {(r[1], r[2]): r for r in buf.layers}
-    assert set(rows) == {("0", "grad"), ("0", "weight"), ("0", "update"), ("2", "grad"), ("2", "weight"),
-                         ("2", "update")}
+    assert set(rows) == {(n, k) for n in ("0", "2") for k in ("grad", "weight", "update", "grad_norm")}
+    per_layer = st.finalize_norms(raw_to_host([rows["2", "grad_norm"][4]])[0], rows["2", "grad_norm"][5])
+    want_layer = torch.cat([model[2].weight.grad.flatten(), model[2].bias.grad.flatten()]).norm()
+    assert per_layer[0] == pytest.approx(want_layer.item(), rel=1e-6) and per_layer[6] == 18
     grad = st.finalize_moments(raw_to_host([rows["0", "grad"][4]])[0], rows["0", "grad"][5])
     assert grad[0] == pytest.approx(model[0].weight.grad.norm().item(), rel=1e-6)  # weight only: bias frozen
     upd = st.finalize_update(raw_to_host([rows["2", "update"][4]])[0], rows["2", "update"][5])
     want = ((model[2].weight.detach() - before).norm() ** 2 + (0.5 * model[2].bias.grad).norm() ** 2).sqrt()
     assert upd[0] == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_sampled_update_ratio_close_to_exact(tmp_path):
+    """Large tensors keep only a fixed subset of elements before the step; the ratio stays within 10%."""
+    import trainscope
+    from trainscope.probe import params as params_mod
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 256), nn.ReLU(), nn.Linear(256, 128), nn.ReLU(), nn.Linear(128, 10))
+    assert model[0].weight.numel() > params_mod.EXACT_UPDATE_NUMEL and model[4].weight.numel() <= 4096 + 1280
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    x, y = torch.randn(128, 64), torch.randint(0, 10, (128,))
+    exact: dict[int, dict[str, float]] = {}
+    with trainscope.watch(model, tmp_path / "r", optimizer=opt, every=4):
+        for step in range(9):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            before = {n: [p.detach().clone() for p in model[int(n)].parameters()] for n in ("0", "2", "4")}
+            opt.step()
+            exact[step] = {n: float(torch.sqrt(sum(((p.detach() - b) ** 2).sum() for p, b in
+                                                   zip(model[int(n)].parameters(), bs))
+                                               / sum((b ** 2).sum() for b in bs)))
+                           for n, bs in before.items()}
+    run = trainscope.load_run(tmp_path / "r")
+    upd = run.layers[run.layers.kind == "update"]
+    assert sorted(upd.step.unique()) == [0, 1, 2, 4, 8]
+    for _, row in upd.iterrows():
+        want = exact[int(row["step"])][row["layer"]]
+        assert row["ratio"] == pytest.approx(want, rel=0.10), (row["step"], row["layer"])
+    small = upd[upd.layer == "4"]  # 1280 + 10 elements: exact
+    assert all(r == pytest.approx(exact[int(s)]["4"], rel=1e-5) for s, r in zip(small.step, small.ratio))
+    gn = run.layers[run.layers.kind == "grad_norm"]
+    assert sorted(gn.step.unique()) == list(range(9))  # every step where the global norm is computed
+    total = gn.groupby("step")["norm"].apply(lambda v: float(np.sqrt((v ** 2).sum())))
+    assert total.tolist() == pytest.approx(run.scalar("grad_norm").tolist(), rel=1e-5)

@@ -15,6 +15,7 @@ from torch import nn
 
 import trainscope
 from trainscope.errors import TrainscopeError
+from trainscope.store import schema
 
 SCRIPTS = Path(__file__).parent / "scripts"
 
@@ -41,7 +42,7 @@ def test_pandas_reads_tables_directly(tmp_path):
     assert {"step", "layer", "kind", "norm", "mean", "std", "max_abs", "frac_zero", "nonfinite"} <= set(layers.columns)
     assert set(pd.read_parquet(run_dir / "init")["layer"]) == {"0", "2"}
     run = trainscope.load_run(run_dir)
-    assert run.meta["status"] == "finished" and run.meta["schema_version"] == "1.1"
+    assert run.meta["status"] == "finished" and run.meta["schema_version"] == schema.SCHEMA_VERSION
     assert len(run.scalar("train_loss")) == 5
 
 

@@ -313,4 +313,5 @@ _FINALIZE = {
     "weight": st.finalize_moments,
     "activation": lambda raw, info: st.finalize_activation(raw, *info),
     "update": st.finalize_update,
+    "grad_norm": st.finalize_norms,
 }

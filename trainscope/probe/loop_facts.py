@@ -18,7 +18,7 @@ from trainscope.store import schema
 
 class LoopFacts(Collector):
     def __init__(self, buffer: RunBuffer, clock: StepClock, *, optimizer: torch.optim.Optimizer | None,
-                 scheduler: Any) -> None:
+                 scheduler: Any, model: torch.nn.Module | None = None) -> None:
         self.buffer = buffer
         self.clock = clock
         self.optimizer = optimizer
@@ -31,6 +31,21 @@ class LoopFacts(Collector):
         self._loop: list[tuple] = []  # one tuple per step, see on_step_begin
         self.last_row: tuple | None = None  # the latest of them (live findings read it)
         buffer.scalar_sources.append(self._expand)
+        types = [type(m).__name__ for m in model.modules()] if model is not None else []
+        self._has_dropout = any(t.startswith(("Dropout", "AlphaDropout", "FeatureAlphaDropout")) for t in types)
+        self._has_batchnorm = any(t.startswith(("BatchNorm", "SyncBatchNorm")) for t in types)
+        self._eval_training: bool | None = None  # training flag of the latest grad-disabled forward
+
+    def on_eval_forward(self, module: torch.nn.Module) -> None:
+        """A grad-disabled forward (validation, inference_mode): written first and when its mode changes."""
+        training = bool(module.training)
+        if training == self._eval_training:
+            return
+        self._eval_training = training
+        step = self.clock.fwd_step  # like probe.log: the step of the latest training forward
+        self.buffer.event(step, "eval_forward", "", 1.0 if training else 0.0,
+                          {"training": training, "has_dropout": self._has_dropout,
+                           "has_batchnorm": self._has_batchnorm, "step": step})
 
     def on_forward(self, module: torch.nn.Module, x: Tensor | None) -> None:
         """A training forward of the watched model (grad enabled) with its first input tensor."""

@@ -10,6 +10,8 @@ from trainscope.probe.util import jsonable
 
 OPTIMIZER_HPARAMS = ("lr", "weight_decay", "momentum", "nesterov", "betas", "eps", "dampening", "amsgrad",
                      "alpha", "centered", "maximize", "foreach", "fused")
+# Keys schedulers add to param groups: they tell a warmup / one-cycle peak from the current value.
+SCHEDULE_KEYS = ("initial_lr", "max_lr", "min_lr", "base_momentum", "max_momentum")
 
 
 def model_summary(model: nn.Module, order: dict[str, int]) -> dict[str, Any]:
@@ -35,7 +37,7 @@ def optimizer_summary(opt: torch.optim.Optimizer | None) -> dict[str, Any] | Non
     defaults = {k: jsonable(v) for k, v in opt.defaults.items() if k in OPTIMIZER_HPARAMS}
     groups = []
     for g in opt.param_groups:
-        d = {k: jsonable(g[k]) for k in OPTIMIZER_HPARAMS if k in g}
+        d = {k: jsonable(g[k]) for k in OPTIMIZER_HPARAMS + SCHEDULE_KEYS if k in g}
         d["n_params"] = int(sum(p.numel() for p in g["params"]))
         groups.append(d)
     return {"class": type(opt).__name__, "module": type(opt).__module__, "defaults": defaults,
@@ -56,9 +58,14 @@ def scheduler_summary(sch: Any) -> dict[str, Any] | None:
     return {"class": type(sch).__name__, "params": params}
 
 
-def criterion_summary(c: Any) -> dict[str, Any] | None:
+def criterion_summary(c: Any, found: dict[str, dict[str, Any]] | None = None) -> dict[str, Any] | None:
+    """The given criterion; without one, the first loss the probe saw (`found`: name -> criterion_input)."""
     if c is None:
-        return None
+        if not found:
+            return None
+        first = next(iter(found.values()))
+        return {"class": first.get("criterion"), "params": {}, "found": first.get("source"),
+                "function": first.get("function")}
     if isinstance(c, nn.Module):
         params = {k: jsonable(v) for k, v in vars(c).items()
                   if not k.startswith("_") and k != "training" and not isinstance(v, Tensor)}

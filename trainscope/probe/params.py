@@ -2,34 +2,64 @@
 
 The global norm is one fused `torch._foreach_norm` per device, at every one of the first
 DENSE_GRAD_NORM_STEPS steps (short runs need enough points), then every `grad_norm_every` steps
-and on every recorded step. Per-layer statistics are raw moments on the device (stats.py). The
-update ratio needs the weights before the step: they are copied only on recorded steps.
+and on every recorded step. Shared (tied) parameters count once. When the loop clips with
+`clip_grad_norm_` (seen through clipping.py), the norm and the per-layer gradient statistics are
+taken *before* the clip, and the clipped norm, `max_norm` and whether the clip was active are
+recorded as well. The per-tensor norms of the same fused call give each layer's gradient norm on
+those steps (kind `grad_norm`). Per-layer statistics of recorded steps are raw moments on the device
+(stats.py). The update ratio needs the weights before the step: on recorded steps, small tensors are
+copied whole and large ones only at a fixed random subset of SAMPLED_ELEMENTS elements (drawn once,
+with numpy, so torch's random state is untouched).
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, field
+from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
+from trainscope.probe import clipping
 from trainscope.probe import stats as st
 from trainscope.probe.buffer import RunBuffer
 from trainscope.probe.clock import Collector, StepClock
 from trainscope.store import schema
 
 DENSE_GRAD_NORM_STEPS = 200  # the global grad norm is recorded at every one of the first steps
+EXACT_UPDATE_NUMEL = 4096  # tensors up to this size are copied whole for the update ratio
+SAMPLED_ELEMENTS = 2048  # larger ones: this many fixed elements
 
 # (layer name, module, module type, its trainable parameters)
 LayerParams = tuple[str, nn.Module, str, list[Tensor]]
+# (layer name, module type, parameters with a .grad, their grads)
+LayerGrads = tuple[str, str, list[Tensor], list[Tensor]]
 
 
 def layers_with_params(model: nn.Module) -> list[LayerParams]:
-    """Every module that owns trainable parameters directly, in `named_modules()` order."""
+    """Every module that owns trainable parameters directly, in `named_modules()` order.
+
+    A tied parameter (GPT-2's embedding = output layer) is listed under each module that holds it;
+    the global norm counts it once."""
     return [
         (n, m, type(m).__name__, [p for p in m.parameters(recurse=False) if p.requires_grad])
         for n, m in model.named_modules()
         if any(p.requires_grad for p in m.parameters(recurse=False))
     ]
+
+
+@dataclass
+class _PreClip:
+    """Gradient facts read when clip_grad_norm_ was called, before it scaled anything."""
+
+    step: int
+    norm: Tensor | None = None  # our global L2 norm (None: not a step that records the norm)
+    layer_norms: list[tuple[str, str, Tensor, int]] = field(default_factory=list)  # per-layer, pre-clip
+    grad_raw: dict[str, tuple[Tensor, Any]] = field(default_factory=dict)  # layer -> raw moments (recorded steps)
+    max_norm: Any = None
+    active: Any = None  # 1.0 if total_norm > max_norm (0-d device tensor)
+    used: bool = False
 
 
 class ParamStats(Collector):
@@ -40,9 +70,25 @@ class ParamStats(Collector):
         self.clock = clock
         self.grad_norm_every = grad_norm_every
         self.has_optimizer = has_optimizer
-        self._snapshots: dict[str, list[Tensor]] = {}  # weights before a recorded step, for the update ratio
+        # weights before a recorded step (whole, or the sampled elements), for the update ratio
+        self._snapshots: dict[str, tuple[list[Tensor], list[tuple[Tensor, Tensor | None]]]] = {}
+        n_refs = sum(len(ps) for _, _, _, ps in layers)
+        self._shared = n_refs != len({id(p) for _, _, _, ps in layers for p in ps})  # tied weights present
+        self._pre: _PreClip | None = None
+        self._sample_index: dict[int, Tensor | None] = {}  # id(param) -> fixed elements for the update ratio
+        self._rng = np.random.default_rng(20240601)
+        self._on_clip = clock.guard.wrap("clip", self._clip_seen)
 
-    def params_with_grad(self) -> list[tuple[str, str, list[Tensor], list[Tensor]]]:
+    def install(self) -> None:
+        clipping.attach(self._on_clip)
+
+    def close(self) -> None:
+        clipping.detach(self._on_clip)
+
+    def wants_norm(self, s: int, record: bool) -> bool:
+        return record or s < DENSE_GRAD_NORM_STEPS or s % self.grad_norm_every == 0
+
+    def params_with_grad(self) -> list[LayerGrads]:
         out = []
         for name, _, typ, params in self.layers:
             ps = [p for p in params if p.grad is not None]
@@ -50,30 +96,156 @@ class ParamStats(Collector):
                 out.append((name, typ, ps, [p.grad for p in ps]))
         return out
 
+    def _norms(self, layers: list[LayerGrads]) -> tuple[Tensor, list[tuple[str, str, Tensor, int]]]:
+        """Global norm (a tied parameter once) and each layer's per-tensor norms, from one fused call."""
+        if not self._shared:
+            grads = [g for _, _, _, gs in layers for g in gs]
+            members = []
+            i = 0
+            for _, _, _, gs in layers:
+                members.append(list(range(i, i + len(gs))))
+                i += len(gs)
+        else:
+            where: dict[int, int] = {}
+            grads, members = [], []
+            for _, _, ps, gs in layers:
+                m = []
+                for p, g in zip(ps, gs):
+                    if id(p) not in where:
+                        where[id(p)] = len(grads)
+                        grads.append(g)
+                    m.append(where[id(p)])
+                members.append(m)
+        gn, per_device = st.tensor_norms(grads)
+        if len(per_device) == 1:
+            vec = per_device[0][0]
+            at = {i: (vec, i) for i in range(len(grads))}
+        else:
+            at = {i: (vec, j) for vec, idx in per_device for j, i in enumerate(idx)}
+        rows = []
+        for (name, typ, _, gs), m in zip(layers, members):
+            vec, first = at[m[0]]
+            if all(at[i] == (vec, first + k) for k, i in enumerate(m)):
+                raw = vec[first:first + len(m)]  # a view: no kernel
+            else:
+                raw = torch.stack([at[i][0][at[i][1]].to(vec.device) for i in m])
+            rows.append((name, typ, raw, sum(g.numel() for g in gs)))
+        return gn, rows
+
+    def _global_norm(self, layers: list[LayerGrads]) -> Tensor:
+        return self._norms(layers)[0]
+
+    def _sample(self, p: Tensor) -> Tensor | None:
+        """The fixed elements of a large tensor used for its update ratio (None: use all)."""
+        key = id(p)
+        if key not in self._sample_index:
+            n = p.numel()
+            idx = None
+            if n > EXACT_UPDATE_NUMEL:
+                host = np.sort(self._rng.integers(0, n, SAMPLED_ELEMENTS))
+                idx = torch.as_tensor(host, dtype=torch.long).to(p.device)  # once per tensor
+            self._sample_index[key] = idx
+        return self._sample_index[key]
+
+    def _snapshot(self, ps: list[Tensor]) -> list[tuple[Tensor, Tensor | None]]:
+        out = []
+        for p in ps:
+            idx = self._sample(p)
+            flat = p.detach().reshape(-1)
+            out.append((flat.index_select(0, idx) if idx is not None else flat.clone(), idx))
+        return out
+
+    # -------------------------------------------------------------- clip_grad_norm_ seen
+    def on_backward(self) -> None:
+        self._pre = None  # a new backward: facts read at an earlier clip are stale
+
+    def _clip_seen(self, max_norm: Any, total_norm: Tensor | None) -> None:
+        pre = self._pre
+        if not self.has_optimizer:
+            # Without an optimizer the step's statistics were read at its backward end, pre-clip already;
+            # the step is still open (it ends at the update, probe.step() or the next backward).
+            open_step = getattr(self.clock, "_open", None) is not None
+            self._clip_rows(self.clock.step if open_step else self.clock.step - 1, max_norm, total_norm,
+                            clipped=True)
+            return
+        s = self.clock.step
+        if pre is not None and pre.step == s:  # a second clip in one step (e.g. per parameter group)
+            if pre.active is not None and total_norm is not None:
+                pre.active = torch.maximum(pre.active, clipping.clip_active(total_norm, max_norm))
+            return
+        record = self.clock.recorded(s)
+        if not self.wants_norm(s, record):
+            self._pre = None
+            return
+        pre = self._pre = _PreClip(step=s, max_norm=max_norm)
+        layers = self.params_with_grad()
+        if layers:
+            pre.norm, pre.layer_norms = self._norms(layers)
+            pre.active = clipping.clip_active(total_norm if total_norm is not None else pre.norm, max_norm)
+            if record:
+                pre.grad_raw = {name: st.raw_moments(gs) for name, _, _, gs in layers}
+
+    def _clip_rows(self, s: int, max_norm: Any, total_norm: Tensor | None, clipped: bool) -> None:
+        if s < 0 or not self.wants_norm(s, self.clock.recorded(s)):
+            return
+        buf, epoch, now = self.buffer, self.clock.epoch, self.buffer.now()
+        if isinstance(max_norm, (int, float, Tensor)):
+            buf.scalar((s, schema.CLIP_MAX_NORM, max_norm if isinstance(max_norm, Tensor) else float(max_norm),
+                        epoch, now))
+        if total_norm is not None:
+            buf.scalar((s, schema.LOOP_CLIPPED, clipping.clip_active(total_norm, max_norm), epoch, now))
+            if clipped:  # what clip_grad_norm_ leaves: total * min(1, max_norm / (total + 1e-6))
+                coef = torch.clamp(max_norm / (total_norm.detach().float() + 1e-6), max=1.0)
+                buf.scalar((s, schema.GRAD_NORM_CLIPPED, total_norm.detach().float() * coef, epoch, now))
+
+    # -------------------------------------------------------------- step boundaries
     def on_step_begin(self, step: int, record: bool) -> None:
         s, buf = step, self.buffer
-        dense = s < DENSE_GRAD_NORM_STEPS or s % self.grad_norm_every == 0
-        layers = self.params_with_grad() if record or dense else []
+        pre = self._pre if self._pre is not None and self._pre.step == s else None
+        layers = self.params_with_grad() if self.wants_norm(s, record) else []
         if layers:
-            gn = st.global_norm([g for _, _, _, gs in layers for g in gs])
-            buf.scalars.append((s, schema.GRAD_NORM, gn, self.clock.epoch, self.clock.step_time))
+            now_norm, layer_norms = self._norms(layers)
+            gn = now_norm
+            epoch, t = self.clock.epoch, self.clock.step_time
+            if pre is not None and pre.norm is not None:
+                pre.used = True
+                gn, layer_norms = pre.norm, pre.layer_norms
+                buf.scalars.append((s, schema.GRAD_NORM_CLIPPED, now_norm, epoch, t))
+                if isinstance(pre.max_norm, (int, float, Tensor)):
+                    mx = pre.max_norm if isinstance(pre.max_norm, Tensor) else float(pre.max_norm)
+                    buf.scalars.append((s, schema.CLIP_MAX_NORM, mx, epoch, t))
+                if pre.active is not None:
+                    buf.scalars.append((s, schema.LOOP_CLIPPED, pre.active, epoch, t))
+                buf.pending_rows += 3
+            buf.scalars.append((s, schema.GRAD_NORM, gn, epoch, t))
+            for name, typ, raw, numel in layer_norms:
+                buf.layers.append((s, name, "grad_norm", typ, raw, numel))
+            buf.pending_rows += len(layer_norms)
             if gn.device.type == "cpu" and not math.isfinite(float(gn)) and "grad" not in buf.seen_nonfinite:
                 record = True  # free on CPU: catch the first bad step exactly
         if record:
+            grad_raw = pre.grad_raw if pre is not None else {}
             for name, typ, ps, gs in layers:
-                buf.layers.append((s, name, "grad", typ, *st.raw_moments(gs)))
+                raw = grad_raw.get(name)
+                buf.layers.append((s, name, "grad", typ, *(raw if raw is not None else st.raw_moments(gs))))
                 buf.layers.append((s, name, "weight", typ, *st.raw_moments(ps)))
                 if self.has_optimizer:
-                    self._snapshots[name] = [p.detach().clone() for p in ps]
+                    self._snapshots[name] = (ps, self._snapshot(ps))
             buf.pending_rows += 2 * len(layers)
 
     def on_step_end(self, step: int) -> None:
+        pre, self._pre = self._pre, None
+        if pre is not None and pre.step == step and not pre.used:
+            # clip_grad_norm_ ran after the step began (inside a closure): keep what it said.
+            self._clip_rows(step, pre.max_norm, pre.norm, clipped=False)
         if not self._snapshots:
             return
-        for name, _, typ, params in self.layers:
-            before = self._snapshots.get(name)
-            if before is not None:
-                numel = sum(p.numel() for p in before)
-                self.buffer.layers.append((step, name, "update", typ, st.raw_update(before, params), numel))
+        for name, _, typ, _ in self.layers:
+            snap = self._snapshots.get(name)
+            if snap is not None:
+                params, before = snap  # the parameters that had a gradient, and their values before the step
+                numel = sum(p.numel() for p in params)
+                raw = st.raw_update_sampled([b for b, _ in before], params, [i for _, i in before])
+                self.buffer.layers.append((step, name, "update", typ, raw, numel))
         self.buffer.pending_rows += len(self._snapshots)
         self._snapshots = {}

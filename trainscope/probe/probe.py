@@ -35,7 +35,7 @@ from trainscope.probe import meta as meta_mod
 from trainscope.probe.activations import ActivationHooks
 from trainscope.probe.buffer import RunBuffer
 from trainscope.probe.clock import StepClock, pick_sentinel
-from trainscope.probe.criterion import CriterionWatch
+from trainscope.probe.criterion import LOSS_FUNCTIONS, CriterionWatch
 from trainscope.probe.guard import HookGuard
 from trainscope.probe.live import LiveFindings, is_finding
 from trainscope.probe.loop_facts import LoopFacts
@@ -46,6 +46,7 @@ from trainscope.probe.trace import ForwardTrace
 from trainscope.probe.tracking import Tracking
 from trainscope.probe.util import default_run_dir, dist_rank_world, first_input, first_tensor, jsonable, rank_known
 from trainscope.probe.util import unwrap, unwrap_optimizer
+from trainscope.probe.wiring import ForeignWeights, ParameterStatus
 from trainscope.store.writer import RunWriter, new_meta
 
 
@@ -106,13 +107,17 @@ class Probe:
         self.clock.step = self.clock.fwd_step = self.writer.start_step  # resume=True: continue the steps
         self.params = ParamStats(layers, self.buffer, self.clock, grad_norm_every=max(1, int(grad_norm_every)),
                                  has_optimizer=optimizer is not None)
-        self.loop = LoopFacts(self.buffer, self.clock, optimizer=optimizer, scheduler=scheduler)
+        self.loop = LoopFacts(self.buffer, self.clock, optimizer=optimizer, scheduler=scheduler, model=self.model)
         self.timing = Timing(self.buffer, self.clock, self.model)  # where the step's time goes
-        self.clock.collectors = [self.timing, self.params, self.loop]
+        self.criterion_watch = CriterionWatch(criterion, self.buffer, self.clock, self.guard, compiled=self.compiled)
+        self.status = ParameterStatus(self.model, self.buffer, self.clock, optimizer)
+        self.foreign = ForeignWeights(self.model, self.buffer)
+        self.clock.collectors = [self.timing, self.params, self.loop, self.criterion_watch, self.status]
         self.clock.buffer = self.buffer
         self.clock.after_step = self._after_step
         # the init table goes through the buffer too: written at a flush, retried if the write fails
-        self.trace = ForwardTrace(self.model, self.buffer, self.buffer, compiled=self.compiled)
+        self.trace = ForwardTrace(self.model, self.buffer, self.buffer, compiled=self.compiled,
+                                  on_call=self.guard.wrap("first_forward", self._first_forward_call))
         self.activations = ActivationHooks(self.model, {n for n, _, _, _ in layers}, self.buffer, self.guard,
                                            self.trace.note)
         if self.compiled:
@@ -123,7 +128,6 @@ class Probe:
             for n, m in self.model.named_modules():
                 if n and not any(True for _ in m.children()):
                     self.trace.note("weight" if n in weights else "module", n, type(m).__name__)
-        self.criterion_watch = CriterionWatch(criterion, self.buffer, self.clock, self.guard)
         self.buffer.meta_fn = self._write_meta
         self.tracking = Tracking(notes, self.world_size, self.rank, self.model)  # git, data, env, seeds
         self.tracking.install(criterion)
@@ -218,6 +222,12 @@ class Probe:
         self.trace.exit_fn_mode()
         self.tracking.close()
         self.timing.close()
+        self.params.close()
+        self.criterion_watch.close()
+        try:
+            self.status.write(max(self.clock.step - 1, 0), at_close=True)  # the last step that ran
+        except Exception as e:
+            self.guard.failed("parameter_status", e)
         self.buffer.event(self.clock.fwd_step, "run", "", float("nan"), {"what": "close", "status": status})
         try:
             self._resolve_rank(final=True)
@@ -246,8 +256,9 @@ class Probe:
                 f"cannot hook {type(self.optimizer).__name__}.step ({type(e).__name__}: {e}); "
                 "counting backward passes as steps instead"))
             self.clock.drop_optimizer()
-            self.optimizer = self.loop.optimizer = None
+            self.optimizer = self.loop.optimizer = self.status.optimizer = None
             self.params.has_optimizer = False
+        self.params.install()
         self.criterion_watch.install()
         self._handles.append(self._top.register_forward_hook(
             self.guard.wrap("model_loss", self.loss_fallback.on_output)))
@@ -282,7 +293,8 @@ class Probe:
     # ------------------------------------------------------------------ the watched model's forward
     def _on_forward_pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if not torch.is_grad_enabled():
-            return  # validation / inference forwards are not training steps
+            self.loop.on_eval_forward(module)  # validation / inference forwards are not training steps
+            return
         clock = self.clock
         clock.on_forward()
         self.timing.on_forward(args or tuple(kwargs.values()))
@@ -295,6 +307,7 @@ class Probe:
         if not self.tracking.done:
             self.tracking.on_batch((args, kwargs) if kwargs else args)
         self.loop.on_forward(module, x)
+        self.criterion_watch.on_forward_begin(step)
         first = not self.trace.done
         if first:
             self.trace.begin(step, x)
@@ -304,6 +317,8 @@ class Probe:
         elif first:
             if not self.compiled:
                 self.activations.arm(step, trace=True, stats=False)
+            self._arm_post_hook()
+        elif self.criterion_watch.wants_window(step):
             self._arm_post_hook()
 
     def _arm_post_hook(self) -> None:
@@ -320,6 +335,15 @@ class Probe:
             self._post_handle = None
         if not self.trace.done:
             self.trace.end(self.clock.step, output)
+            self.foreign.write(self.clock.step)
+        self.criterion_watch.open_window(self.clock.step)
+
+    def _first_forward_call(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        """Every torch call of the first training forward (through the trace's function mode)."""
+        name = getattr(func, "__name__", "")
+        if name in LOSS_FUNCTIONS:  # a model that computes its own loss (Hugging Face: outputs.loss)
+            self.criterion_watch.functional_called(name, args, kwargs, out)
+        self.foreign.on_call(func, args, kwargs)
 
     # ------------------------------------------------------------------ meta.json
     def _write_meta(self, status: str | None = None) -> None:
@@ -332,7 +356,7 @@ class Probe:
             model=meta_mod.model_summary(self.model, self.trace.order),
             optimizer=meta_mod.optimizer_summary(self.optimizer),
             scheduler=meta_mod.scheduler_summary(self.scheduler),
-            criterion=meta_mod.criterion_summary(self.criterion),
+            criterion=meta_mod.criterion_summary(self.criterion, self.criterion_watch.described),
             num_classes=self.criterion_watch.num_classes,
             bytes_written=self.writer.bytes_written,
             disabled_hooks=sorted(self.guard.disabled),

@@ -202,3 +202,51 @@ def global_norm(grads: list[Tensor]) -> Tensor:
     if len(parts) == 1:
         return parts[0]
     return torch.linalg.vector_norm(torch.stack([p.to(parts[0].device) for p in parts]))
+
+
+def tensor_norms(grads: list[Tensor]) -> tuple[Tensor, list[tuple[Tensor, list[int]]]]:
+    """The global L2 norm and every tensor's norm: one fused `_foreach_norm` per device.
+
+    Returns (global norm, [(stacked per-tensor norms, their indices in `grads`) per device])."""
+    if not grads:
+        return torch.tensor(NAN), []
+    grads = [values_of(g) if g.layout != torch.strided or g.is_complex() else g for g in grads]  # as global_norm
+    by_device: dict[torch.device, list[int]] = {}
+    for i, g in enumerate(grads):
+        by_device.setdefault(g.device, []).append(i)
+    per_device, parts = [], []
+    for idx in by_device.values():
+        norms = torch.stack([n.float() for n in torch._foreach_norm([grads[i] for i in idx])])
+        per_device.append((norms, idx))
+        parts.append(torch.linalg.vector_norm(norms))
+    if len(parts) == 1:
+        return parts[0], per_device
+    return torch.linalg.vector_norm(torch.stack([p.to(parts[0].device) for p in parts])), per_device
+
+
+def finalize_norms(raw: np.ndarray, numel: int) -> list[float]:
+    """A layer's gradient norm from its tensors' norms (kind `grad_norm`: only norm and numel)."""
+    out = [NAN] * N_STATS
+    r = np.asarray(raw, dtype=np.float64).reshape(-1)
+    out[_I["norm"]] = float(np.sqrt(np.sum(r * r)))
+    out[_I["numel"]] = float(numel)
+    return out
+
+
+def raw_update_sampled(before: Sequence[Tensor], after: Sequence[Tensor],
+                       index: Sequence[Tensor | None]) -> Tensor:
+    """Like raw_update, where `before[i]` holds only the elements at `index[i]` (None: all of them).
+
+    A sampled tensor's sums are scaled by numel / samples, so exact and sampled tensors of one layer add up."""
+    parts = []
+    for b, a, idx in zip(before, after, index):
+        a = a.detach().reshape(-1)
+        if idx is not None:
+            scale = a.numel() / idx.numel()
+            a = a.index_select(0, idx)
+        else:
+            scale = 1.0
+        d = a - b.detach().reshape(-1)  # complex weights: the magnitude of the complex change, as raw_update
+        b, d = _flat_float(b), _flat_float(d)
+        parts += [d.dot(d) * scale, b.dot(b) * scale]
+    return torch.stack(parts)

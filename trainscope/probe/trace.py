@@ -6,7 +6,7 @@ the initialization table built from both, the input's scale and the model output
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
@@ -22,19 +22,24 @@ from trainscope.store.writer import RunWriter
 class _ActivationTrace(TorchFunctionMode):
     """During the first forward only: note functional activations (F.relu, torch.tanh, ...)."""
 
-    def __init__(self, trace: list[tuple[str, str, str]]) -> None:
+    def __init__(self, trace: list[tuple[str, str, str]], on_call: Callable[[Any, tuple, dict, Any], None]) -> None:
         super().__init__()
         self.trace = trace
+        self.on_call = on_call  # every call, for the other first-forward facts (losses, foreign weights)
 
     def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[override]
         name = getattr(func, "__name__", "")
         if name in init_mod.FUNCTIONAL_ACTIVATIONS:
             self.trace.append(("fn", name, name))
-        return func(*args, **(kwargs or {}))
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        self.on_call(func, args, kwargs, out)
+        return out
 
 
 class ForwardTrace:
-    def __init__(self, model: nn.Module, buffer: RunBuffer, writer: RunWriter, *, compiled: bool) -> None:
+    def __init__(self, model: nn.Module, buffer: RunBuffer, writer: RunWriter, *, compiled: bool,
+                 on_call: Callable[[Any, tuple, dict, Any], None] = lambda f, a, k, o: None) -> None:
         self.buffer = buffer
         self.writer = writer
         self.compiled = compiled
@@ -44,6 +49,7 @@ class ForwardTrace:
         self._fn_mode: _ActivationTrace | None = None
         self._init_snaps = init_mod.snapshot_weights(model)  # before any step
         self._init_written = False
+        self.on_call = on_call  # (func, args, kwargs, output) of every torch call in the first forward
 
     def note(self, what: str, name: str, typ: str) -> None:
         self.trace.append((what, name, typ))
@@ -53,7 +59,7 @@ class ForwardTrace:
         if x is not None and x.is_floating_point():
             self._input_scale_event(step, x)
         if not self.compiled:
-            self._fn_mode = _ActivationTrace(self.trace)
+            self._fn_mode = _ActivationTrace(self.trace, self.on_call)
             self._fn_mode.__enter__()
 
     def end(self, step: int, output: Any) -> None:
@@ -102,6 +108,7 @@ class ForwardTrace:
         producer = type(out.grad_fn).__name__ if out.grad_fn is not None else ""
         last_leaf = next((typ for what, _, typ in reversed(self.trace) if what != "fn"), "")
         last_fn = next((n for what, n, _ in reversed(self.trace) if what == "fn"), "")
-        detail = {"producer": producer, "last_module": last_leaf, "last_function": last_fn, "shape": list(out.shape)}
+        detail = {"producer": producer, "last_module": last_leaf, "last_function": last_fn, "shape": list(out.shape),
+                  "requires_grad": bool(out.requires_grad)}
         detail.update(distribution_facts(out))
         self.buffer.event(step, "model_output", "", float("nan"), detail)

@@ -21,7 +21,7 @@ from trainscope.store.run import Run
 LAYER_STAT_NAMES = schema.LAYER_STATS
 
 # Probe-written scalars that are not metrics of the user's model.
-PROBE_PREFIXES = (schema.LR_PREFIX, schema.MOMENTUM_PREFIX, "loop/")
+PROBE_PREFIXES = schema.PROBE_PREFIXES + (schema.GRAD_NORM_CLIPPED,)
 VAL_RE = re.compile(r"(^|[/_.\-\s])(val|valid|validation|test|eval|dev)([/_.\-\s]|$)|^(val|valid|test|eval)", re.I)
 
 

@@ -4,7 +4,8 @@ Bump SCHEMA_VERSION on any incompatible change; the reader refuses newer majors.
 """
 from __future__ import annotations
 
-SCHEMA_VERSION = "1.1"  # 1.1: attempt column, chunk manifest with checksums
+SCHEMA_VERSION = "1.1"  # 1.1: attempt column, chunk manifest with checksums; issue-8 probe evidence (pre-clip norms,
+#                         batch targets, parameter status, eval forwards, foreign weights)
 
 # Each table is a folder of Parquet chunks: RUN/<table>/r<rank>-a<attempt>-<seq>-p<pid>.parquet
 # (schema 1.0: r<rank>-<seq>.parquet), listed with their SHA-256 in RUN/chunks-r<rank>.json.
@@ -44,14 +45,14 @@ LAYER_STATS = (
 LAYER_COLUMNS: dict[str, str] = {
     "step": "int64",
     "layer": "string",  # module name as in model.named_modules()
-    "kind": "string",  # grad | activation | weight | update
+    "kind": "string",  # grad | activation | weight | update | grad_norm
     "module_type": "string",  # e.g. Linear, ReLU
     "order": "int32",  # forward execution order (input -> output), -1 if unknown
     **{s: "float64" for s in LAYER_STATS},
     "rank": "int32",
     "attempt": "int32",
 }
-LAYER_KINDS = ("grad", "activation", "weight", "update")
+LAYER_KINDS = ("grad", "activation", "weight", "update", "grad_norm")  # grad_norm: only norm and numel
 
 EVENT_COLUMNS: dict[str, str] = {
     "step": "int64",
@@ -95,14 +96,28 @@ EVENT_KINDS = (
     "epoch",  # epoch boundary: value = epoch
     "hook_error",  # a probe hook failed and disabled itself: detail.{hook, error}
     "run",  # lifecycle: detail.{what: start|close}
+    "eval_forward",  # grad-disabled forward of the watched model: value 1.0 if model.training; detail.{training,
+    #                  has_dropout, has_batchnorm, step}; the first one and each change of the training flag
+    "parameter_status",  # after step 2 and at close: detail.{never_grad, all_zero_grad, not_in_optimizer,
+    #                      unchanged: [parameter names], optimizer_foreign, n_trainable: counts}
+    "foreign_weight",  # first forward: a weight op used a grad-requiring leaf that is not a model parameter:
+    #                    detail.{op, shapes, count}
 )
 
 # Scalar names the probe writes itself (user metrics keep their own names).
 LR_PREFIX = "lr/"  # lr/<group index>
 MOMENTUM_PREFIX = "momentum/"  # momentum or beta1 per group
-GRAD_NORM = "grad_norm"  # global L2 norm of all gradients before optimizer.step (after unscale)
+GRAD_NORM = "grad_norm"  # global L2 norm of all gradients before clipping (after GradScaler unscale), tied params once
+GRAD_NORM_CLIPPED = "grad_norm_clipped"  # the same norm after clip_grad_norm_, on steps where clipping was seen
+CLIP_MAX_NORM = "clip/max_norm"  # max_norm passed to clip_grad_norm_ (steps where it was called)
+LOOP_CLIPPED = "loop/clipped"  # 1.0 if the step's pre-clip norm exceeded max_norm (the clip was active), else 0.0
 LOOP_TRAINING = "loop/training"  # 1.0 if the model was in train mode at optimizer.step
 LOOP_GRAD_RESET = "loop/grad_reset"  # 1.0 if .grad was reset (None/zero) before the first backward of the step
 LOOP_BACKWARDS = "loop/backwards"  # backward passes since the previous optimizer step
 LOOP_SCHEDULER_STEPS = "loop/scheduler_steps"  # cumulative scheduler.step() calls at this optimizer step
 LOOP_BATCH_SIZE = "loop/batch_size"  # batch size of the model input
+BATCH_TARGET_MODE_FRAC = "batch/target_mode_frac"  # fraction of the batch's class targets equal to its commonest class
+BATCH_TARGET_MODE = "batch/target_mode"  # that class (first 200 steps and recorded steps)
+BATCH_TARGET_MEAN = "batch/target_mean"  # mean of float targets (first 200 steps and recorded steps)
+# Prefixes of scalar names the probe writes itself (not user metrics).
+PROBE_PREFIXES = (LR_PREFIX, MOMENTUM_PREFIX, "loop/", "batch/", "clip/")
