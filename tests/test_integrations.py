@@ -236,3 +236,11 @@ def test_core_import_needs_no_framework():
             "import trainscope.probe, trainscope.rules.engine, trainscope.cli; print('ok')")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def test_lightning_on_finding_raise_stops_the_fit(tmp_path):
+    with pytest.raises(trainscope.TrainscopeFinding) as info:
+        _pl_fit(tmp_path / "run", softmax=True, on_finding="raise")
+    assert info.value.code == "TS601" and info.value.step <= 2
+    run = trainscope.load_run(tmp_path / "run")
+    assert run.status == "stopped" and run.meta["steps"] <= 3
