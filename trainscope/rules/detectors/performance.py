@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Iterator
 
-import numpy as np
 import pandas as pd
 
 from trainscope.rules.detectors._common import detail, events, fmt
@@ -108,5 +107,3 @@ def performance_hints(ctx: Context) -> Iterator[Finding]:
             steps=(step, step), evidence={"batch_size": batch, "device_memory_gb": mem},
             fix_values={"hint_fix": f"Raise the batch size (now {batch}) and scale the learning rate (about "
                                     "sqrt(k) for k times the batch, with warmup), or train several models at once"})
-    if not np.isfinite(step):  # pragma: no cover
-        return
