@@ -629,3 +629,69 @@ def confusion_table(families: tuple[str, ...] = ("TS2", "TS3", "TS4", "TS5", "TS
         d, m, fa = counts[r.name]
         lines.append(f"{r.name:32s} {r.code:6s} {d:8d} {m:6d} {fa:12d}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# nanoGPT-style loop (issue 8): hand-written warmup + cosine (param_group['lr'] set by the loop, no
+# scheduler given to the probe), AdamW, clip_grad_norm_(1.0), a tiny causal transformer LM.
+
+class _Block(nn.Module):
+    def __init__(self, d: int) -> None:
+        super().__init__()
+        self.ln1, self.ln2 = nn.LayerNorm(d), nn.LayerNorm(d)
+        self.attn = nn.MultiheadAttention(d, 2, batch_first=True)
+        self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.shape[1]
+        mask = torch.triu(torch.ones(t, t, dtype=torch.bool), 1)
+        h = self.ln1(x)
+        x = x + self.attn(h, h, h, attn_mask=mask, need_weights=False)[0]
+        return x + self.mlp(self.ln2(x))
+
+
+class TinyGPT(nn.Module):
+    def __init__(self, vocab: int = 32, d: int = 32, length: int = 16, n_layer: int = 2) -> None:
+        super().__init__()
+        self.tok, self.pos = nn.Embedding(vocab, d), nn.Embedding(length, d)
+        self.blocks = nn.Sequential(*[_Block(d) for _ in range(n_layer)])
+        self.ln = nn.LayerNorm(d)
+        self.head = nn.Linear(d, vocab, bias=False)
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        x = self.tok(idx) + self.pos(torch.arange(idx.shape[1]))
+        return self.head(self.ln(self.blocks(x)))
+
+
+def nanogpt_train(run_dir: str | Path, lr: float = 3e-3, iters: int = 80, warmup: int = 20,
+                  clip: float | None = 1.0, every: int = 5) -> "trainscope.store.run.Run":
+    """nanoGPT's loop in miniature: get_lr(it) written into each param group, F.cross_entropy,
+    zero_grad(set_to_none), clip, step. The data is a noisy periodic token stream (learnable)."""
+    torch.manual_seed(0)
+    g = torch.Generator().manual_seed(0)
+    base = (torch.arange(4000) % 7 + (torch.arange(4000) // 7 % 3) * 7) % 32
+    data = torch.where(torch.rand(4000, generator=g) < 0.1, torch.randint(0, 32, (4000,), generator=g), base)
+    model = TinyGPT()
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
+
+    def get_lr(it: int) -> float:
+        if it < warmup:
+            return lr * (it + 1) / (warmup + 1)
+        r = (it - warmup) / max(1, iters - warmup)
+        return lr * 0.1 + 0.5 * (1 + math.cos(math.pi * r)) * lr * 0.9
+
+    with trainscope.watch(model, run_dir, optimizer=opt, every=every) as probe:
+        for it in range(iters):
+            for pg in opt.param_groups:
+                pg["lr"] = get_lr(it)
+            ix = torch.randint(0, 4000 - 17, (16,), generator=g)
+            x = torch.stack([data[i:i + 16] for i in ix])
+            y = torch.stack([data[i + 1:i + 17] for i in ix])
+            loss = nn.functional.cross_entropy(model(x).view(-1, 32), y.view(-1))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+            opt.step()
+            probe.log(train_loss=loss.detach())
+    return trainscope.load_run(run_dir)

@@ -81,6 +81,8 @@ class Context:
                   "layers": ", ".join(layers) if layers else "the model"}
         layers = tuple(layers)
         fixes = tuple(fill(t, values) for t in self.rule.fixes) + tuple(extra_fixes)
+        if self.rule.name != "lr-too-high" and any(_raises_lr(f) for f in fixes):
+            fixes = _guard_lr(self.run, fixes)
         sev = Severity(severity) if severity is not None else self.rule.severity
         return Finding(
             name=self.rule.name,
@@ -95,6 +97,30 @@ class Context:
             reference=self.rule.reference,
             explains=tuple(explains),
         )
+
+
+def _raises_lr(fix: str) -> bool:
+    from trainscope.rules.evidence import raises_lr
+
+    return raises_lr(fix)
+
+
+_SIGNS: dict[int, tuple[Run, list[str]]] = {}
+
+
+def _guard_lr(run: Run, fixes: tuple[str, ...]) -> tuple[str, ...]:
+    """Principle 2: a fix that raises the LR is dropped when the run shows the LR may be too high."""
+    from trainscope.rules.evidence import guard_lr_fixes, peak_lr, too_high_signs
+    from trainscope.rules.detectors._common import fmt
+
+    cached = _SIGNS.get(id(run))
+    if cached is None or cached[0] is not run:
+        cached = (run, too_high_signs(run))
+        if len(_SIGNS) > 64:
+            _SIGNS.clear()
+        _SIGNS[id(run)] = cached
+    peak = peak_lr(run)
+    return guard_lr_fixes(fixes, cached[1], fmt(peak) if peak else None)
 
 
 DetectorFn = Callable[[Context], Iterable[Finding]]

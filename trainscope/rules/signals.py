@@ -154,12 +154,38 @@ def n_epochs(run: Run) -> int | None:
 
 
 def lr_value(run: Run) -> float | None:
-    """The learning rate: the first logged lr/0 (or lr, learning_rate), else the optimizer's from meta."""
-    s = first_series(run, ("lr/0", "lr", "learning_rate"))
-    if s is not None and len(finite(s)):
-        return float(finite(s).iloc[0])
+    """The run's learning rate as fixes quote it: the PEAK, never the first warmup value.
+
+    The largest finite value of the recorded LR traces (lr/<group>, lr, learning_rate), or the
+    largest `max_lr` / `initial_lr` of the optimizer's param groups (meta) when that is larger (a
+    OneCycle run cut short never reaches max_lr), else the optimizer's `lr` from meta."""
+    best = None
+    df = run.scalars
+    if not df.empty:
+        rows = df[df["name"].astype(str).str.match(r"^(lr/\d+|lr|learning_rate)$")]
+        vals = rows["value"].to_numpy(dtype=float)
+        vals = vals[np.isfinite(vals) & (vals > 0)]
+        if len(vals):
+            best = float(vals.max())
     opt = run.meta.get("optimizer") or {}
-    lr = (opt.get("defaults") or {}).get("lr")
+    for g in opt.get("param_groups") or []:
+        if not isinstance(g, dict):
+            continue
+        for key in ("max_lr", "initial_lr"):
+            v = _pos(g.get(key))
+            if v is not None and (best is None or v > best):
+                best = v
+    if best is not None:
+        return best
+    lr = _pos((opt.get("defaults") or {}).get("lr"))
     if lr is None and opt.get("param_groups"):
-        lr = opt["param_groups"][0].get("lr")
-    return float(lr) if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None
+        g0 = opt["param_groups"][0]
+        lr = _pos(g0.get("lr")) if isinstance(g0, dict) else None
+    return lr
+
+
+def _pos(v: object) -> float | None:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return None
+    v = float(v)
+    return v if np.isfinite(v) and v > 0 else None

@@ -27,6 +27,7 @@ from trainscope.rules.signals import (
     smooth,
     tail_level,
 )
+from trainscope.rules.evidence import early_rise, first_loss, mean_span
 from trainscope.store.run import Run
 
 FLAT_DROP = 0.05  # below this relative decrease the curve is "flat" (loss-not-decreasing's default)
@@ -129,12 +130,19 @@ def divergence(ctx: Context) -> list[Finding]:
             )
         ]
     t = raw
-    if len(t) < 5:
+    if len(t) < 4:
         raise NotApplicable(f"only {len(t)} training-loss values")
-    # the loss at initialization: for spikes the first values before any blow-up (min of the
-    # first 3); for slower rises a robust median of the first 5% (noisy batches dip low)
-    first = float(np.min(t.to_numpy()[:3]))
-    head = max(first, head_level(t, 0.05, lo=min(3, len(t))))
+    # the loss at initialization, from the FIRST logged values (a window would hide an early
+    # blow-up, principle 2): for spikes the smallest of the first 3; for slower rises the larger of
+    # the first value and the median of the first 3 (one lucky low batch must not fake a rise).
+    # Logged means (HF logging_steps, epoch means) are smooth: their first point is the start.
+    v = t.to_numpy()
+    first = float(np.min(v[:3]))
+    span = mean_span(ctx.run)
+    head = float(v[0]) if span > 1 or len(v) < 20 else max(float(v[0]), float(np.median(v[:3])))
+    probe_first, _ = first_loss(ctx.run)
+    if probe_first is not None and span > 1:
+        first, head = min(first, probe_first), probe_first
     if first <= 0:
         raise NotApplicable("training loss is not positive; relative divergence tests do not apply")
     spikes = t[t > ctx.p("spike_factor") * first]
@@ -151,7 +159,7 @@ def divergence(ctx: Context) -> list[Finding]:
     sm = smooth(t)
     end = tail_level(sm, 0.05)
     peak_step = sm.idxmax()
-    if float(sm.max()) > ctx.p("rise_factor") * head and sm.index.get_loc(peak_step) > len(sm) * 0.05:
+    if float(sm.max()) > ctx.p("rise_factor") * head and sm.index.get_loc(peak_step) > 0:
         return [
             ctx.finding(
                 f"smoothed train loss rose to {_fmt(float(sm.max()))} at step {peak_step}, "
@@ -325,9 +333,16 @@ def no_early_stopping(ctx: Context) -> list[Finding]:
 @detector("underfitting")
 def underfitting(ctx: Context) -> list[Finding]:
     t = _finite_train(ctx.run, 5)
-    if len(t) < 20 and n_epochs(ctx.run) is None:
+    span = mean_span(ctx.run)
+    if len(t) < 20 and n_epochs(ctx.run) is None and span <= 1:
         raise NotApplicable(f"only {len(t)} training-loss values")
     head = head_level(t, 0.05, lo=min(3, len(t)))
+    if span > 1:
+        # each point is a mean over `span` steps (HF logging_steps, epoch means): the first point
+        # already averages the fast early drop, and a median of the first points starts later still
+        # (principle: judge a logged mean as a mean). The probe's own first loss is the start.
+        probe_first, _ = first_loss(ctx.run)
+        head = max(float(t.iloc[0]), probe_first or 0.0)
     if head <= 0:
         raise NotApplicable("training loss is not positive")
     chance = chance_loss(ctx.run)
@@ -454,6 +469,16 @@ def slow_start(ctx: Context) -> list[Finding]:
     fastest = float(later[j])
     if early >= ctx.p("max_early_share") * total or fastest < ctx.p("min_speedup") * max(early, 1e-12):
         return []
+    if early < 0 and early_rise(ctx.run) is not None:
+        return []  # the loss ROSE first: an early blow-up (lr-too-high / divergence), not a slow start
+    # noise: a block median of `size` noisy batches wanders by ~1.25 sigma / sqrt(size); a later
+    # window must beat the early one by clearly more than that (small or binary batches are noisy)
+    if size >= 3:
+        vals = t.to_numpy()[: len(mv) * size].reshape(len(mv), size)
+        sigma = 1.4826 * float(np.median(np.abs(vals - np.median(vals, axis=1, keepdims=True))))
+        se = 1.2533 * sigma / np.sqrt(size) * np.sqrt(2)
+        if fastest - max(early, 0.0) < float(ctx.p("noise_factor")) * se:
+            return []
     lr = first_series(ctx.run, ("lr/0",))
     if lr is not None and len(finite(lr)):
         first = finite(lr)[finite(lr).index <= m.index[1]]
@@ -466,23 +491,45 @@ def slow_start(ctx: Context) -> list[Finding]:
         lo, hi = t.index[i * size], t.index[(i + 1) * size - 1]
         return f"{unit} {lo}" if lo == hi else f"{unit}s {lo}-{hi}"
 
+    # how long the loss stayed near its start: blocks still within max_early_share of the total
+    # decrease below the first block. A plateau over a quarter of the run is compute really lost.
+    near = mv[0] - mv <= ctx.p("max_early_share") * total
+    flat_blocks = int(np.argmin(near)) if not near.all() else len(near)
+    flat_frac = flat_blocks * size / len(t)
+    harmful = flat_frac >= float(ctx.p("warn_fraction"))
     return [
         ctx.finding(
             f"smoothed train loss moved from {_fmt(float(mv[0]))} ({span(0)}) to {_fmt(float(mv[1]))} ({span(1)}): "
             f"{early / total:.0%} of its total decrease (threshold {ctx.p('max_early_share'):.0%}); "
             + (f"a later window fell {fastest / early:.3g}x faster (threshold {ctx.p('min_speedup'):g}x)"
-               if early > 0 else f"then a later window fell by {_fmt(fastest)}"),
+               if early > 0 else f"then a later window fell by {_fmt(fastest)}")
+            + f"; the loss stayed near its start for {flat_frac:.0%} of the run"
+            + (f" (>= {float(ctx.p('warn_fraction')):.0%})" if harmful else ""),
             steps=(int(t.index[0]), int(t.index[2 * size - 1])),
+            severity="warning" if harmful else "info",
             evidence={
+                "flat_fraction": flat_frac,
                 "early_drop": float(early),
                 "total_drop": float(total),
                 "early_share": float(early / total),
                 "speedup": fastest / max(early, 1e-12),
                 "window": size,
             },
-            fix_values=_common_fix_values(ctx.run),
+            fix_values={**_common_fix_values(ctx.run), "init_fix": _init_fix(ctx.run)},
         )
     ]
+
+
+def _init_fix(run: Run) -> str:
+    """He init advice only where the init table shows ReLU-family layers well below He."""
+    init = run.init
+    if init.empty:
+        return ("If this is a ReLU network with PyTorch's default init, use He (Kaiming) initialization: "
+                "nn.init.kaiming_normal_(w, nonlinearity='relu')")
+    relu = init[init["target_scheme"].astype(str) == "he"]
+    if len(relu) and float(relu["ratio"].median()) < 0.5:
+        return "Use He (Kaiming) initialization for the ReLU layers: nn.init.kaiming_normal_(w, nonlinearity='relu')"
+    return "The initialization fits the nonlinearities (init table): look at the input scale and the warmup instead"
 
 
 @detector("no-validation")

@@ -15,6 +15,8 @@ import numpy as np
 import pandas as pd
 
 from trainscope.rules.detectors._common import compute_mask, current_lr, fmt, layer_name, layer_rows, pivot, sig1, train_loss
+from trainscope.rules.evidence import clip_facts, early_rise, first_loss, lr_trace, too_high_signs, update_ratio_per_step
+from trainscope.rules.signals import lr_value
 from trainscope.rules.finding import Finding
 from trainscope.rules.registry import Context, NotApplicable, detector
 
@@ -43,9 +45,23 @@ def _ratios(ctx: Context, min_steps: int | None = None) -> tuple[pd.Series, pd.D
     return per_step, table
 
 
+def _window_drop(ctx: Context) -> float | None:
+    """Relative drop of the training loss from the median of its first tenth to its last tenth: a
+    loss that fell in the first few steps and then stalled."""
+    loss = train_loss(ctx.run)
+    loss = loss[np.isfinite(loss)]
+    if len(loss) < 10:
+        return None
+    k = max(2, len(loss) // 10)
+    start, end = float(loss.iloc[:k].median()), float(loss.iloc[-k:].median())
+    return (start - end) / abs(start) if start > 0 else None
+
+
 def _loss_drop(ctx: Context) -> tuple[float | None, bool, float]:
-    """Relative drop of the training loss (first vs last tenth), whether it went non-finite, and
-    its largest value relative to the start (a spike)."""
+    """Relative drop of the training loss from its FIRST logged value to its last tenth (median),
+    whether it went non-finite, and its largest value relative to the first (a spike). The first
+    value, not a median of the first tenth: a blow-up within the first steps must not be averaged
+    away (principle 2)."""
     loss = train_loss(ctx.run)
     if loss.empty:
         return None, False, float("nan")
@@ -53,8 +69,10 @@ def _loss_drop(ctx: Context) -> tuple[float | None, bool, float]:
     loss = loss[np.isfinite(loss)]
     if len(loss) < 4:
         return None, nonfinite, float("nan")
+    first, _ = first_loss(ctx.run)
     k = max(2, len(loss) // 10)
-    start, end = float(loss.iloc[:k].median()), float(loss.iloc[-k:].median())
+    start = first if first is not None else float(loss.iloc[:k].median())
+    end = float(loss.iloc[-k:].median())
     if start <= 0:
         return None, nonfinite, float("nan")
     return (start - end) / abs(start), nonfinite, float(loss.max()) / start
@@ -80,6 +98,8 @@ def lr_too_low(ctx: Context) -> Iterator[Finding]:
     thr = float(ctx.p("ratio_min"))
     if top >= thr:
         return
+    if too_high_signs(ctx.run):
+        return  # principle 2: never "raise the LR" on a run that shows it may be too high
     drop, _, _ = _loss_drop(ctx)
     max_drop = float(ctx.p("max_loss_drop"))
     if drop is not None and drop > max_drop:
@@ -107,35 +127,87 @@ def lr_too_low(ctx: Context) -> Iterator[Finding]:
 @detector("lr-too-high")
 def lr_too_high(ctx: Context) -> Iterator[Finding]:
     drop, nonfinite, spike = _loss_drop(ctx)
-    # a run that went NaN within a few steps leaves few finite updates: judge those it has
-    per_step, _ = _ratios(ctx, min_steps=1 if nonfinite else None)
-    # the first recorded steps show an oversized LR before weights grow to absorb it
-    early = float(per_step.iloc[: int(ctx.p("early_steps"))].median())
-    overall = float(per_step.median())
-    med = max(early, overall)
-    which = "first recorded steps" if early >= overall else "all recorded steps"
+    ur = update_ratio_per_step(ctx.run)  # every recorded step, warmup included
+    rise = early_rise(ctx.run, float(ctx.p("loss_spike")))
+    clip = clip_facts(ctx.run)
+    clip_heavy = bool(clip and clip["clip_rate"] >= float(ctx.p("min_clip_rate"))
+                      and np.isfinite(clip["preclip_norm"])
+                      and clip["preclip_norm"] >= float(ctx.p("clip_factor")) * clip["max_norm"])
+    spiked = np.isfinite(spike) and spike >= float(ctx.p("loss_spike"))
+    blew_up = nonfinite or spiked or rise is not None
+    wdrop = _window_drop(ctx)
+    stalled = wdrop is not None and wdrop < float(ctx.p("min_loss_drop"))
+    struggling = blew_up or clip_heavy or stalled or (drop is not None and drop < float(ctx.p("min_loss_drop")))
+    peak = lr_value(ctx.run)
+    trace = lr_trace(ctx.run)
     thr = float(ctx.p("ratio_max"))
     extreme = float(ctx.p("ratio_extreme"))
-    spiked = np.isfinite(spike) and spike >= float(ctx.p("loss_spike"))
-    struggling = nonfinite or spiked or (drop is not None and drop < float(ctx.p("min_loss_drop")))
-    if not (med > extreme or (med > thr and (struggling or drop is None))):
+    med, which, used = float("nan"), "", ur.iloc[0:0]
+    if len(ur) >= (1 if nonfinite or blew_up else int(ctx.p("min_steps"))):
+        candidates = [(float(ur.iloc[: int(ctx.p("early_steps"))].median()), "first recorded steps",
+                       ur.iloc[: int(ctx.p("early_steps"))]),
+                      (float(ur.median()), "all recorded steps", ur)]
+        if len(trace) and peak:
+            near = trace[trace >= 0.5 * float(trace.max())].index
+            at_peak = ur[ur.index.isin(near)]
+            if len(at_peak):
+                candidates.append((float(at_peak.median()), "steps at the peak LR", at_peak))
+        med, which, used = max(candidates, key=lambda c: c[0])
+    ratio_fires = np.isfinite(med) and (med > extreme or (med > thr and (struggling or drop is None)))
+    # without update ratios (or below them): two independent signs measured in this run
+    other_fires = blew_up and clip_heavy
+    if not (ratio_fires or other_fires):
+        if ur.empty and not (blew_up or clip_heavy):
+            raise NotApplicable("no weight-update statistics, and no loss blow-up or heavy clipping")
         return
-    new_lr, factor = _suggest(ctx, med)
-    lr = current_lr(ctx.run)
-    if nonfinite:
-        loss_note = "; the loss went NaN/Inf"
-    elif spiked:
-        loss_note = f"; the loss spiked to {fmt(spike)}x its initial value"
-    elif drop is not None:
-        loss_note = f"; loss {'fell only' if drop >= 0 else 'rose'} {abs(drop):.1%}"
+    # the LR that would give the target ratio, from the LR in force at the steps measured
+    target = float(ctx.p("target_ratio"))
+    if ratio_fires and len(used):
+        lrs = trace.reindex(used.index, method="nearest") if len(trace) else pd.Series(dtype=float)
+        if len(lrs) and np.isfinite(lrs.to_numpy(dtype=float)).all():
+            new = float(np.median(lrs.to_numpy(dtype=float) * target / used.to_numpy(dtype=float)))
+        else:
+            new = (peak or 0.0) * target / med
+        factor = new / peak if peak else target / med
     else:
-        loss_note = ""
+        factor = 0.1
+        new = (peak or 0.0) * factor
+    new_lr = sig1(new) if peak else f"{sig1(factor)}x the current value"
+    notes = []
+    if nonfinite:
+        notes.append("the loss went NaN/Inf")
+    elif rise is not None and np.isfinite(rise[0]):
+        notes.append(f"the loss rose to {fmt(rise[0])}x its first logged value by step {rise[1]}")
+    elif spiked:
+        notes.append(f"the loss spiked to {fmt(spike)}x its first logged value")
+    elif drop is not None and drop < float(ctx.p("min_loss_drop")):
+        notes.append(f"loss {'fell only' if drop >= 0 else 'rose'} {abs(drop):.1%} from its first logged value")
+    elif stalled:
+        notes.append(f"after its first tenth the loss fell only {wdrop:.1%}")
+    if clip_heavy:
+        notes.append(f"gradients clipped at {clip['clip_rate']:.0%} of steps (median pre-clip norm "
+                     f"{fmt(clip['preclip_norm'])} vs max_norm {fmt(clip['max_norm'])})")
+    warm = ""
+    if len(trace) >= 2 and float(trace.iloc[0]) < 0.5 * float(trace.max()):
+        warm = f"; LR warms up from {fmt(float(trace.iloc[0]))} to a peak of {fmt(float(trace.max()))}"
+    if ratio_fires:
+        head = (f"median update ratio ||dW||/||W|| {fmt(med)} > {fmt(thr if med <= extreme else extreme)} per step "
+                f"over the {which} ({int(used.index[0])}-{int(used.index[-1])})")
+        steps = (int(used.index[0]), int(used.index[-1]))
+    else:
+        head = "the loss blew up early while the gradient norm before clipping stayed far above max_norm"
+        t = train_loss(ctx.run)
+        steps = (int(t.index[0]), int(t.index[-1])) if len(t) else None
     yield ctx.finding(
-        f"median update ratio ||dW||/||W|| {fmt(med)} > {fmt(thr if med <= extreme else extreme)} per step "
-        f"over the {which} ({int(per_step.index[0])}-{int(per_step.index[-1])}){loss_note}",
-        steps=(int(per_step.index[0]), int(per_step.index[-1])),
-        evidence={"update_ratio": med, "update_ratio_early": early, "update_ratio_overall": overall,
-                  "threshold": thr, "lr": lr, "loss_drop": drop, "loss_nonfinite": nonfinite,
-                  "loss_spike": spike if np.isfinite(spike) else None, "suggested_lr": new_lr},
-        fix_values={"lr": fmt(lr) if lr else "?", "lr_new": new_lr, "factor": fmt(factor)},
+        head + ("; " + "; ".join(notes) if notes else "") + warm,
+        steps=steps,
+        evidence={"update_ratio": med if np.isfinite(med) else None,
+                  "update_ratio_early": float(ur.iloc[: int(ctx.p("early_steps"))].median()) if len(ur) else None,
+                  "update_ratio_overall": float(ur.median()) if len(ur) else None,
+                  "threshold": thr, "lr": peak, "peak_lr": peak, "loss_drop": drop, "loss_nonfinite": nonfinite,
+                  "loss_spike": spike if np.isfinite(spike) else None,
+                  "clip_rate": clip["clip_rate"] if clip else None,
+                  "preclip_norm": clip["preclip_norm"] if clip else None,
+                  "suggested_lr": new_lr},
+        fix_values={"lr": fmt(peak) if peak else "?", "lr_new": new_lr, "factor": fmt(factor)},
     )
