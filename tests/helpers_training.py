@@ -218,6 +218,8 @@ def train(
     grad_norm_every: int = 1,
     log_every_step: bool = True,
     log_epoch: bool = True,
+    shuffle: bool = True,
+    eval_for_validation: bool = True,
 ) -> "trainscope.store.run.Run":
     """Train for real, record with trainscope.watch, return the loaded run.
 
@@ -226,7 +228,8 @@ def train(
     scheduler.step() is called), accumulate=k (proper gradient accumulation over k micro-batches).
     Recording: grad_norm_every=1 records the global gradient norm at every step (the probe's default
     samples every 10th: too few for runs of a hundred steps); log_every_step=False logs only the
-    epoch's mean training loss; log_epoch=False never tells the probe the epoch (as many loops do).
+    epoch's mean training loss; log_epoch=False never tells the probe the epoch (as many loops do);
+    shuffle=False feeds batches in dataset order; eval_for_validation=False validates in train mode.
     """
     torch.manual_seed(seed)
     crit = criterion or nn.CrossEntropyLoss()
@@ -242,7 +245,7 @@ def train(
                           grad_norm_every=grad_norm_every) as probe:
         for epoch in range(1, epochs + 1):
             model.train() if train_mode else model.eval()
-            perm = torch.randperm(len(data.x_train), generator=g)
+            perm = torch.randperm(len(data.x_train), generator=g) if shuffle else torch.arange(len(data.x_train))
             losses: list[torch.Tensor] = []
             for i in range(steps_per_epoch):
                 idx = perm[i * batch_size : (i + 1) * batch_size]
@@ -268,7 +271,8 @@ def train(
             if sched is not None and scheduler_per == "epoch":
                 sched.step()
             if validate:
-                model.eval()
+                if eval_for_validation:
+                    model.eval()
                 with torch.no_grad():
                     out = model(data.x_val)
                     val_loss = crit(out, data.y_val).item()
@@ -695,3 +699,11 @@ def nanogpt_train(run_dir: str | Path, lr: float = 3e-3, iters: int = 80, warmup
             opt.step()
             probe.log(train_loss=loss.detach())
     return trainscope.load_run(run_dir)
+
+
+def detail_of(run: "trainscope.store.run.Run", kind: str) -> dict:
+    """The JSON detail of the first event of `kind` ({} when none)."""
+    import json
+
+    ev = run.events[run.events["kind"] == kind]
+    return json.loads(ev.iloc[0]["detail"] or "{}") if len(ev) else {}

@@ -146,9 +146,11 @@ def test_no_validation_on_a_run_without_val(tmp_path):
     assert found["no-validation"].evidence_dict["epochs"] == 4
 
 
-def test_no_validation_stays_silent_on_short_runs(tmp_path):
+def test_no_validation_is_info_on_short_runs(tmp_path):
+    # principle 3: no validation metric at all is said, but a 1-epoch run is not warned about
     run = train(tmp_path / "r", mlp(), teacher_task(n=512), epochs=1, validate=False)
-    assert "no-validation" not in names(run)
+    f = names(run)["no-validation"]
+    assert f.severity.value == "info" and "short run" in f.message
 
 
 # ----------------------------------------------------------------------------- StreamRec case study

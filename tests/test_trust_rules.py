@@ -4,8 +4,11 @@ configuration smell exists but the run is healthy (no warning) and one where the
 from __future__ import annotations
 
 import pytest
+import torch
+from torch import nn
 
 import helpers_training as h
+import trainscope
 from trainscope.rules.engine import diagnose_report
 from trainscope.rules.evidence import raises_lr
 
@@ -59,3 +62,330 @@ def test_nanogpt_style_high_but_workable_lr_is_not_too_high() -> None:
     # the smell (an LR 100x nanoGPT's, warmup, clipping active) without the harm: the loss falls well
     run = cached("nanogpt-lr-6e-2", lambda p: h.nanogpt_train(p, lr=6e-2))
     assert "lr-too-high" not in loud(report(run))
+
+
+# ----------------------------------------------------------------------- degenerate data is evidence
+def test_softmax_over_one_unit_is_diagnosed_as_zero_gradients_not_missing_data() -> None:
+    # a binary classifier ending in nn.Softmax(dim=1) over a single unit: constant 1.0, every gradient 0
+    def make(p):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(16, 8), nn.ReLU(), nn.Linear(8, 1), nn.Softmax(dim=1))
+        return h.train(p, model, h.click_task(n=512, d=16), epochs=3, criterion=nn.BCELoss())
+
+    rep = report(cached("softmax-one-unit", make))
+    found = {f.name: f for f in rep.findings}
+    oam = found["output-activation-mismatch"]
+    assert oam.severity.value == "error" and "size 1" in oam.message
+    zg = found["zero-gradients"]
+    assert "exactly 0" in zg.message and "constant" in zg.message
+    assert "output-activation-mismatch" in zg.evidence_dict["explained_by"]  # kept, as info
+    assert not any("0 recorded steps with gradients" in s.reason for s in rep.skipped)
+    assert "poor-initialization" not in loud(rep) and "oscillation" not in loud(rep)
+
+
+def test_eight_layer_relu_mlp_with_std_one_init_has_exploding_gradients() -> None:
+    def make(p):
+        torch.manual_seed(0)
+        return h.train(p, h.init_weights(h.mlp(depth=8, hidden=64), "normal", std=1.0), h._seq(), epochs=2)
+
+    rep = report(cached("std1-relu8", make))
+    found = {f.name: f for f in rep.findings}
+    f = found["exploding-gradients"]
+    assert f.evidence_dict["norm_median"] > 1e4 and "before clipping" in f.message
+    assert found["poor-initialization"].severity.value == "warning"  # the cause, with its effect measured
+    # found, and kept visible under its root cause (principle 4)
+    assert f.severity.value == "warning" or "poor-initialization" in f.evidence_dict["explained_by"]
+
+
+def test_nothing_recorded_is_a_finding_with_the_line_to_add(tmp_path) -> None:
+    # the probe watches a module that never runs, and no loss is logged
+    torch.manual_seed(0)
+    model, unused = h.mlp(), nn.Linear(16, 4)
+    opt = torch.optim.Adam(model.parameters(), 1e-3)
+    data = h._seq()
+    with trainscope.watch(unused, tmp_path / "r"):
+        for i in range(5):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(data.x_train[:32]), data.y_train[:32]).backward()
+            opt.step()
+    rep = report(trainscope.load_run(tmp_path / "r"))
+    f = {x.name: x for x in rep.findings}["incomplete-recording"]
+    assert f.severity.value == "warning"
+    assert "no training forward" in f.message and "no training loss logged" in f.message
+    assert any("probe.log(train_loss=loss)" in fx for fx in f.fixes)
+    assert any("trainscope.watch(model" in fx for fx in f.fixes)
+
+
+def test_a_complete_recording_is_not_reported_as_incomplete() -> None:
+    assert "incomplete-recording" not in {f.name for f in report(h.scenario("healthy-mlp")).findings}
+
+
+# ----------------------------------------------------------------------- smell without harm: no warning
+def test_xavier_before_relu_in_a_run_that_trains_well_is_info() -> None:
+    rep = report(h.scenario("streamrec-xavier"), select=["TS4"])
+    f = {x.name: x for x in rep.findings}["poor-initialization"]
+    assert f.severity.value == "info" and "no effect measured" in f.message
+    assert f.evidence_dict["harm"] is None
+
+
+def test_default_init_whose_shrinking_activations_are_measured_is_a_warning() -> None:
+    f = {x.name: x for x in report(h.scenario("streamrec-default"), select=["TS4"]).findings}["poor-initialization"]
+    assert f.severity.value == "warning"
+    assert any("activation variance shrinks" in x for x in f.evidence_dict["harm"])
+
+
+def test_small_noisy_binary_batches_are_not_oscillation_or_unstable_gradients() -> None:
+    # the smell (per-step loss of 4-sample binary batches: very noisy; grad norm noisy) without harm
+    run = cached("small-batch-binary", lambda p: h.train(p, h._he(h.mlp(depth=2, classes=2)),
+                                                           h.teacher_task(n=512, classes=2, n_val=256), epochs=4,
+                                                           batch_size=4, every=10))
+    found = loud(report(run))
+    for name in ("oscillation", "unstable-gradients", "slow-start", "underfitting", "lr-too-high"):
+        assert name not in found, (name, found[name].message)
+
+
+def test_logged_epoch_means_of_a_healthy_run_are_not_underfitting() -> None:
+    # points that are means over many steps start already low: judged from the probe's first loss
+    run = cached("epoch-means", lambda p: h.train(p, h._he(h.mlp(depth=2)), h._seq(), epochs=6,
+                                                   log_every_step=False))
+    found = loud(report(run))
+    assert "underfitting" not in found and "divergence" not in found, found
+
+
+def test_slow_start_of_a_few_steps_is_not_a_warning() -> None:
+    rep = report(h.scenario("healthy-mlp-default-init"), select=["slow-start"])
+    assert all(f.severity.value == "info" for f in rep.findings)
+
+
+def test_vanishing_gradients_mild_spread_is_info() -> None:
+    # the StreamRec case study's ~100x first/last spread: a milder threshold gives info, not a warning
+    rep = report(h.scenario("deep-sigmoid"), select=["vanishing-gradients"],
+                 settings={"vanishing-gradients": {"ratio_min": 1e-6, "info_ratio": 0.02}})
+    f = rep.findings[0]
+    assert f.severity.value == "info" and f.evidence_dict["threshold"] == 0.02
+
+
+# ----------------------------------------------------------------------- silent wiring bugs (probe facts)
+def _needs(run, kind: str) -> None:
+    if run.events.empty or not (run.events["kind"] == kind).any():
+        pytest.skip(f"this probe does not record {kind!r} events yet")
+
+
+def _sorted_task() -> "h.Data":
+    d = h.teacher_task(n=512, classes=4, n_val=256)
+    order = torch.argsort(d.y_train, stable=True)
+    return h.Data(d.x_train[order], d.y_train[order], d.x_val, d.y_val, 4)
+
+
+class _Squeezed(nn.Module):
+    def __init__(self, m: nn.Module) -> None:
+        super().__init__()
+        self.m = m
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.m(x).squeeze(-1)
+
+
+def _regression(n: int = 512) -> "h.Data":
+    d = h.teacher_task(n=n, n_val=128)
+    return h.Data(d.x_train, d.x_train[:, :4].sum(1), d.x_val, d.x_val[:, :4].sum(1), 1)
+
+
+def test_loss_shape_mismatch_on_n1_output_against_n_target() -> None:
+    run = cached("shape-n1-n", lambda p: h.train(p, h._he(h.mlp(depth=2, classes=1)), _regression(), epochs=3,
+                                                   criterion=nn.MSELoss(), validate=False))
+    _needs(run, "criterion_input")
+    d = h.detail_of(run, "criterion_input")
+    if "target_shape" not in d:
+        pytest.skip("criterion_input has no target_shape yet")
+    f = {x.name: x for x in report(run).findings}["loss-shape-mismatch"]
+    assert f.severity.value == "error" and f.evidence_dict["broadcast_shape"] == [32, 32]
+    assert "squeeze(-1)" in f.fixes[0]
+    fixed = cached("shape-fixed", lambda p: h.train(p, _Squeezed(h._he(h.mlp(depth=2, classes=1))), _regression(),
+                                                      epochs=3, criterion=nn.MSELoss(), validate=False))
+    assert "loss-shape-mismatch" not in {x.name for x in report(fixed).findings}
+
+
+class _ListMLP(nn.Module):
+    """Hidden layers kept in a Python list: never registered, never optimized."""
+
+    def __init__(self, registered: bool) -> None:
+        super().__init__()
+        hidden = [nn.Linear(16, 32), nn.Linear(32, 32)]
+        self.hidden = nn.ModuleList(hidden) if registered else hidden
+        self.out = nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.hidden:
+            x = torch.relu(layer(x))
+        return self.out(x)
+
+
+def test_parameters_not_updated_for_layers_in_a_python_list() -> None:
+    run = cached("python-list", lambda p: h.train(p, _ListMLP(False), h._seq(), epochs=3))
+    if run.events.empty or not run.events["kind"].isin(["parameter_status", "foreign_weight"]).any():
+        pytest.skip("this probe does not record parameter_status/foreign_weight events yet")
+    _needs(run, "foreign_weight")
+    f = {x.name: x for x in report(run).findings}["parameters-not-updated"]
+    assert f.severity.value == "error" and "Python list" in f.message
+    assert any("nn.ModuleList" in fx for fx in f.fixes)
+    fixed = cached("module-list", lambda p: h.train(p, _ListMLP(True), h._seq(), epochs=3))
+    assert "parameters-not-updated" not in {x.name for x in report(fixed).findings}
+
+
+def test_validation_in_train_mode_with_dropout() -> None:
+    run = cached("val-train-mode", lambda p: h.train(p, h._he(h.mlp(depth=2, dropout=0.3)), h._seq(), epochs=3,
+                                                       eval_for_validation=False))
+    _needs(run, "eval_forward")
+    f = {x.name: x for x in report(run).findings}["train-mode-during-evaluation"]
+    assert f.severity.value == "error" and "Dropout" in f.message
+    assert "model.eval()" in f.fixes[0]
+    assert "train-mode-during-evaluation" not in {x.name for x in report(h.scenario("healthy-mlp-bn-dropout")).findings}
+
+
+def test_unshuffled_class_sorted_data() -> None:
+    run = cached("unshuffled", lambda p: h.train(p, h._he(h.mlp(depth=2)), _sorted_task(), epochs=3, shuffle=False))
+    if run.scalar("batch/target_mode_frac").empty:
+        pytest.skip("this probe does not record batch/target_mode_frac yet")
+    f = {x.name: x for x in report(run).findings}["unshuffled-data"]
+    assert f.evidence_dict["median_mode_frac"] >= 0.8 and "shuffle=True" in f.fixes[0]
+    shuffled = cached("sorted-but-shuffled", lambda p: h.train(p, h._he(h.mlp(depth=2)), _sorted_task(), epochs=3))
+    assert "unshuffled-data" not in {x.name for x in report(shuffled).findings}
+
+
+def test_missing_gradient_clipping_is_quiet_when_clipping_or_no_spikes() -> None:
+    for name in ("healthy-gru", "healthy-lstm-tokens", "healthy-transformer"):
+        rep = report(h.scenario(name), select=["missing-gradient-clipping"])
+        assert rep.findings == [], (name, [f.message for f in rep.findings])
+
+
+# ----------------------------------------------------------------------- infer from what was recorded
+def _train_unpassed_scheduler(p, make_sched, per: str, epochs: int = 4):
+    """A loop whose scheduler was built but NOT given to trainscope.watch."""
+    torch.manual_seed(0)
+    model = h._he(h.mlp(depth=2))
+    data = h._seq()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    sched = make_sched(opt)
+    g = torch.Generator().manual_seed(0)
+    with trainscope.watch(model, p, optimizer=opt, every=5) as probe:
+        for epoch in range(1, epochs + 1):
+            perm = torch.randperm(len(data.x_train), generator=g)
+            for i in range(len(data.x_train) // 32):
+                idx = perm[i * 32:(i + 1) * 32]
+                opt.zero_grad()
+                loss = nn.functional.cross_entropy(model(data.x_train[idx]), data.y_train[idx])
+                loss.backward()
+                opt.step()
+                if per == "batch":
+                    sched.step()
+                probe.log(epoch=epoch, train_loss=loss.detach())
+            if per == "epoch":
+                sched.step()
+    return trainscope.load_run(p)
+
+
+def test_scheduler_cadence_from_the_lr_trace_when_no_scheduler_was_given() -> None:
+    run = cached("steplr-unpassed", lambda p: _train_unpassed_scheduler(
+        p, lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.1), "batch"))
+    assert not run.meta.get("scheduler")
+    f = {x.name: x for x in report(run).findings}["scheduler-step-cadence"]
+    assert "no scheduler given to the probe" in f.message and "once per epoch" in f.fixes[0]
+    ok = cached("steplr-unpassed-ok", lambda p: _train_unpassed_scheduler(
+        p, lambda o: torch.optim.lr_scheduler.StepLR(o, step_size=2, gamma=0.1), "epoch"))
+    assert "scheduler-step-cadence" not in {x.name for x in report(ok).findings}
+
+
+# ----------------------------------------------------------------------- the detectors on the data contract
+def _contract_run(events=(), scalars=(), meta=None):
+    """A Run holding exactly the probe facts of the issue-8 data contract (COORDINATION.md)."""
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    from trainscope.store.run import Run, empty_frame
+
+    ev = pd.DataFrame([{"step": s, "kind": k, "layer": "", "value": v, "detail": json.dumps(d), "rank": 0}
+                       for s, k, v, d in events]) if events else empty_frame("events")
+    sc = pd.DataFrame([{"step": s, "name": n, "value": v, "epoch": float("nan"), "rank": 0, "time": 0.0}
+                       for s, n, v in scalars]) if scalars else empty_frame("scalars")
+    return Run(path=Path("contract"), meta=meta or {"model": {"modules": []}}, scalars=sc, events=ev)
+
+
+def _one(run, rule):
+    rep = report(run, select=[rule])
+    return rep.findings[0] if rep.findings else None
+
+
+def test_contract_loss_shape_mismatch() -> None:
+    bad = {"criterion": "MSELoss", "producer": "AddmmBackward0", "input_shape": [64, 1], "target_shape": [64],
+           "broadcast": True}
+    f = _one(_contract_run([(0, "criterion_input", 1.0, bad)]), "loss-shape-mismatch")
+    assert f is not None and f.evidence_dict["broadcast_shape"] == [64, 64]
+    ok = dict(bad, input_shape=[64], broadcast=False)
+    assert _one(_contract_run([(0, "criterion_input", 1.0, ok)]), "loss-shape-mismatch") is None
+    ce = {"criterion": "cross_entropy", "input_shape": [64, 10], "target_shape": [64], "broadcast": False}
+    assert _one(_contract_run([(0, "criterion_input", 1.0, ce)]), "loss-shape-mismatch") is None
+
+
+@pytest.mark.parametrize("d, expect", [
+    ({"criterion": "MSELoss", "producer": "SoftmaxBackward0", "is_prob": True, "target_min": 0, "target_max": 1,
+      "target_integer": False}, "class targets"),
+    ({"criterion": "binary_cross_entropy", "producer": "AddmmBackward0", "is_prob": False, "min": -3, "max": 4},
+     "raw outputs"),
+    ({"criterion": "nll_loss", "producer": "AddmmBackward0", "min": -3, "max": 4}, "log-probabilities"),
+    ({"criterion": "MSELoss", "producer": "ReluBackward0", "target_min": -2.0, "target_max": 3.0}, "ReLU"),
+    ({"criterion": "MSELoss", "producer": "SigmoidBackward0", "target_min": 0.0, "target_max": 50.0,
+      "target_in_unit": False}, "sigmoid"),
+    ({"criterion": "BCELoss", "producer": "SoftmaxBackward0", "is_prob": True, "target_multi_label": True,
+      "target_min": 0, "target_max": 1}, "multi-label"),
+    ({"criterion": "CrossEntropyLoss", "producer": "SoftmaxBackward0", "dim1_size": 1}, "size 1"),
+])
+def test_contract_output_activation_mismatch(d, expect) -> None:
+    f = _one(_contract_run([(0, "criterion_input", 1.0, d)]), "output-activation-mismatch")
+    assert f is not None and expect in f.message, (d, f and f.message)
+
+
+def test_contract_output_activation_fits() -> None:
+    for d in ({"criterion": "MSELoss", "producer": "AddmmBackward0", "target_min": -2, "target_max": 3},
+              {"criterion": "BCEWithLogitsLoss", "producer": "AddmmBackward0", "target_min": 0, "target_max": 1},
+              {"criterion": "BCELoss", "producer": "SigmoidBackward0", "is_prob": True, "target_min": 0,
+               "target_max": 1, "target_multi_label": True},
+              {"criterion": "nll_loss", "producer": "LogSoftmaxBackward0", "is_log_prob": True}):
+        assert _one(_contract_run([(0, "criterion_input", 1.0, d)]), "output-activation-mismatch") is None, d
+
+
+def test_contract_parameters_not_updated() -> None:
+    status = {"never_grad": ["enc.weight", "enc.bias"], "all_zero_grad": [], "not_in_optimizer": [],
+              "unchanged": [], "optimizer_foreign": 0, "n_trainable": 6}
+    f = _one(_contract_run([(2, "parameter_status", 0.0, status)]), "parameters-not-updated")
+    assert f is not None and f.severity.value == "warning" and "never received a gradient" in f.message
+    swapped = dict(status, never_grad=[], not_in_optimizer=["fc.weight", "fc.bias"], optimizer_foreign=4)
+    f = _one(_contract_run([(2, "parameter_status", 0.0, swapped)]), "parameters-not-updated")
+    assert f.severity.value == "error" and "not in the model" in f.message
+    clean = dict(status, never_grad=[])
+    assert _one(_contract_run([(2, "parameter_status", 0.0, clean)]), "parameters-not-updated") is None
+
+
+def test_contract_train_mode_during_evaluation() -> None:
+    d = {"training": True, "has_dropout": True, "has_batchnorm": False, "step": 16}
+    f = _one(_contract_run([(16, "eval_forward", 1.0, d)]), "train-mode-during-evaluation")
+    assert f.severity.value == "error"
+    f = _one(_contract_run([(16, "eval_forward", 1.0, dict(d, has_dropout=False))]), "train-mode-during-evaluation")
+    assert f.severity.value == "info"
+    assert _one(_contract_run([(16, "eval_forward", 0.0, dict(d, training=False))]),
+                "train-mode-during-evaluation") is None
+
+
+def test_contract_unshuffled_data() -> None:
+    sorted_rows = [(s, "batch/target_mode_frac", 1.0) for s in range(40)] + \
+                  [(s, "batch/target_mode", float(s // 10)) for s in range(40)]
+    f = _one(_contract_run(scalars=sorted_rows), "unshuffled-data")
+    assert f is not None and f.evidence_dict["mode_changes"] == 3
+    imbalanced = [(s, "batch/target_mode_frac", 0.9) for s in range(40)] + \
+                 [(s, "batch/target_mode", 0.0) for s in range(40)]
+    assert _one(_contract_run(scalars=imbalanced), "unshuffled-data") is None
+    shuffled = [(s, "batch/target_mode_frac", 0.4) for s in range(40)] + \
+               [(s, "batch/target_mode", float(s % 4)) for s in range(40)]
+    assert _one(_contract_run(scalars=shuffled), "unshuffled-data") is None

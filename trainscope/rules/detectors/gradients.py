@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from trainscope.rules.detectors._common import (
+    modules,
     current_lr,
     detail,
     events,
@@ -41,6 +42,8 @@ def _flow(ctx: Context) -> tuple[pd.DataFrame, str, str, pd.Series]:
     min_layers = int(ctx.p("min_layers"))
     if norms.shape[1] < min_layers:
         raise NotApplicable(f"only {norms.shape[1]} layers with gradients (rule needs {min_layers})")
+    if bool(norms.notna().any().any()) and bool((norms.stack().dropna() == 0).all()):
+        raise NotApplicable("every recorded gradient is exactly zero (zero-gradients' finding)")
     first, last = norms.columns[0], norms.columns[-1]
     ratio = (norms[first] / norms[last]).replace([np.inf, -np.inf], np.nan).dropna()
     if len(ratio) < int(ctx.p("min_steps")):
@@ -58,8 +61,15 @@ def vanishing_gradients(ctx: Context) -> Iterator[Finding]:
     ratio = ratio.iloc[-max(int(ctx.p("min_steps")), n - n // 2):]
     low = ratio < thr
     frac = float(low.mean())
+    severity = None
     if frac < float(ctx.p("sustain")):
-        return
+        # a milder spread (the StreamRec case study's ~100x first/last) is worth knowing: info
+        thr = float(ctx.p("info_ratio"))
+        low = ratio < thr
+        frac = float(low.mean())
+        if frac < float(ctx.p("sustain")):
+            return
+        severity = "info"
     med = float(ratio[low].median())
     # layers whose gradients are starved relative to the last layer
     rel = norms.div(norms[last], axis=0).median()
@@ -79,15 +89,22 @@ def vanishing_gradients(ctx: Context) -> Iterator[Finding]:
             "last_norm": float(norms[last].median()),
             "frac_steps": frac,
         },
+        severity=severity,
+        explains=() if severity else ("slow-start", "loss-not-decreasing", "underfitting"),
     )
 
 
 @detector("exploding-gradients")
 def exploding_gradients(ctx: Context) -> Iterator[Finding]:
-    norms, first, last, ratio = _flow(ctx)
+    try:
+        norms, first, last, ratio = _flow(ctx)
+    except NotApplicable:
+        if ctx.run.scalar(schema.GRAD_NORM).empty:
+            raise
+        norms, first, last, ratio = None, "", "", pd.Series(dtype=float)
     thr = float(ctx.p("ratio_max"))
     high = ratio > thr
-    if float(high.mean()) >= float(ctx.p("sustain")):
+    if len(ratio) and float(high.mean()) >= float(ctx.p("sustain")):
         med = float(ratio[high].median())
         steps = step_span(ratio.index[high])
         yield ctx.finding(
@@ -101,9 +118,23 @@ def exploding_gradients(ctx: Context) -> Iterator[Finding]:
         )
         return
     # Growth of the global norm: orders of magnitude above its early level at two samples in a row
-    # (a lone spike is unstable-gradients' business).
+    # (a lone spike is unstable-gradients' business). grad_norm is the norm BEFORE clipping.
     gn = ctx.run.scalar(schema.GRAD_NORM)
     finite = gn[np.isfinite(gn) & (gn > 0)]
+    # Huge from the start (an 8-layer ReLU net initialized with std 1.0: norms ~1e9): no growth to
+    # see, but the norm itself is absurd for any loss of ordinary scale
+    nmax = float(ctx.p("norm_max"))
+    if len(finite) >= 1 and float((finite >= nmax).mean()) >= float(ctx.p("sustain")):
+        med = float(finite.median())
+        yield ctx.finding(
+            f"global grad norm (before clipping) is {fmt(med)} (median over {len(finite)} samples) >= {fmt(nmax)} at "
+            f"{float((finite >= nmax).mean()):.0%} of them; largest {fmt(float(finite.max()))}",
+            steps=(int(finite.index[0]), int(finite.index[-1])),
+            evidence={"norm_median": med, "norm_max": float(finite.max()), "threshold": nmax,
+                      "frac_steps": float((finite >= nmax).mean())},
+            fix_values={"lr_new": _lower_lr(ctx)},
+        )
+        return
     w = int(ctx.p("window"))
     if len(finite) < 3:
         return
@@ -136,6 +167,8 @@ def _lower_lr(ctx: Context) -> str:
 @detector("unstable-gradients")
 def unstable_gradients(ctx: Context) -> Iterator[Finding]:
     gn = ctx.run.scalar(schema.GRAD_NORM)
+    if len(gn) and bool((gn[np.isfinite(gn)] == 0).all()) and bool(np.isfinite(gn).any()):
+        raise NotApplicable("every gradient norm is exactly zero (zero-gradients' finding)")
     gn = gn[np.isfinite(gn) & (gn > 0)]
     if len(gn) < int(ctx.p("min_points")):
         raise NotApplicable(f"only {len(gn)} finite grad-norm values (rule needs {ctx.p('min_points')})")
@@ -268,4 +301,104 @@ def _first_nonfinite_stat(ctx: Context) -> Finding | None:
         steps=(step, step),
         evidence={"first_step": step, "tensor": tensor, "layer": layer or None},
         fix_values={"lr_new": _lower_lr(ctx)},
+    )
+
+
+# Modules whose presence makes gradient spikes a known hazard that clipping is the cure for.
+SEQUENCE_TYPES = ("LSTM", "GRU", "RNN", "MultiheadAttention", "TransformerEncoderLayer",
+                  "TransformerDecoderLayer", "TransformerEncoder", "TransformerDecoder", "Transformer")
+
+
+@detector("zero-gradients")
+def zero_gradients(ctx: Context) -> Iterator[Finding]:
+    """Every gradient exactly zero: degenerate data is evidence, not missing data (principle 3)."""
+    status = [detail(r) for _, r in events(ctx.run, "parameter_status").iterrows()]
+    g = ctx.run.layers
+    g = g[g["kind"] == "grad"] if not g.empty else g
+    gn = ctx.run.scalar(schema.GRAD_NORM)
+    gn = gn[np.isfinite(gn)]
+    steps: tuple[int, int] | None = None
+    how = ""
+    if not g.empty:
+        per_step = g.groupby("step")["norm"].apply(lambda x: bool(x.notna().any() and (x.dropna() == 0).all()))
+        frac = float(per_step.mean())
+        if frac < float(ctx.p("min_frac")):
+            return
+        steps = step_span(per_step.index[per_step])
+        how = f"every layer's gradient is exactly 0 at {int(per_step.sum())}/{len(per_step)} recorded steps"
+    elif len(gn):
+        frac = float((gn == 0).mean())
+        if frac < float(ctx.p("min_frac")):
+            return
+        steps = step_span(gn.index[gn == 0])
+        how = f"the global gradient norm is exactly 0 at {int((gn == 0).sum())}/{len(gn)} steps"
+    elif status:
+        last = status[-1]
+        n, zero = int(last.get("n_trainable") or 0), list(last.get("all_zero_grad") or [])
+        if not n or len(zero) < n:
+            return
+        how = f"all {n} trainable parameters had only zero gradients"
+    else:
+        raise NotApplicable("no gradient statistics")
+    out = events(ctx.run, "model_output")
+    od = detail(out.iloc[0]) if not out.empty else {}
+    producer = str(od.get("producer") or "")
+    cause = ""
+    if od.get("requires_grad") is False or (not out.empty and producer == "" and od):
+        cause = ("the model's output does not require grad: the graph was cut inside forward "
+                 "(.item(), .numpy(), .detach() or .data)")
+    elif producer.startswith(("Round", "Sign", "Floor", "Ceil", "Argmax", "Trunc")):
+        cause = f"the output comes from {producer.replace('Backward0', '')}, whose gradient is zero everywhere"
+    else:
+        lo, hi = od.get("min"), od.get("max")
+        if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo == hi:
+            cause = f"the model's output is the constant {fmt(lo)} (e.g. a softmax over a single unit)"
+    yield ctx.finding(
+        how + (f"; {cause}" if cause else "") + ": no parameter can learn",
+        steps=steps,
+        evidence={"cause": cause or None, "output_producer": producer or None},
+        fix_values={"cause_fix": _zero_fix(cause)},
+    )
+
+
+def _zero_fix(cause: str) -> str:
+    if "graph was cut" in cause:
+        return "Keep the forward in torch ops: no .item(), .numpy(), .detach() or .data between input and loss"
+    if "whose gradient is zero" in cause:
+        return "Apply rounding/argmax only at inference; train on the continuous output (logits)"
+    if "constant" in cause:
+        return ("A softmax over one unit is always 1.0: use one logit with BCEWithLogitsLoss, or two with "
+                "CrossEntropyLoss")
+    return "Check what reaches the loss: a constant output, a cut graph or a zero-gradient op (round, sign, argmax)"
+
+
+@detector("missing-gradient-clipping")
+def missing_gradient_clipping(ctx: Context) -> Iterator[Finding]:
+    """RNN/transformer without clipping, with gradient spikes measured (playbook 7.6)."""
+    types = {str(m.get("type", "")) for m in modules(ctx.run)}
+    seq = sorted(t for t in types if t in SEQUENCE_TYPES)
+    if not seq:
+        raise NotApplicable("no recurrent or attention modules")
+    if events(ctx.run, "parameter_status").empty:
+        raise NotApplicable("recorded by a probe that does not report clipping")
+    if not ctx.run.scalar("clip/max_norm").empty:
+        return  # clipping is there
+    gn = ctx.run.scalar(schema.GRAD_NORM)
+    gn = gn[np.isfinite(gn) & (gn > 0)]
+    if len(gn) < int(ctx.p("min_points")):
+        raise NotApplicable(f"only {len(gn)} finite grad-norm values")
+    logs = np.log10(gn)
+    w = int(ctx.p("window"))
+    trend = logs.rolling(w, center=True, min_periods=max(3, w // 3)).median()
+    resid = (logs - trend).dropna()
+    spikes = resid[resid > np.log10(float(ctx.p("spike_factor")))]
+    if len(spikes) < int(ctx.p("min_spikes")):
+        return
+    worst = int((resid).idxmax())
+    yield ctx.finding(
+        f"{', '.join(seq)} trained without gradient clipping, and the gradient norm spiked more than "
+        f"{fmt(ctx.p('spike_factor'))}x above its running median at {len(spikes)} step(s) (largest {fmt(10 ** float(resid.max()))}x at step {worst})",
+        steps=(int(spikes.index[0]), int(spikes.index[-1])),
+        evidence={"modules": seq, "spikes": len(spikes), "largest_factor": float(10 ** float(resid.max())),
+                  "median_norm": float(gn.median())},
     )

@@ -24,8 +24,11 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from trainscope.rules.detectors._common import fmt, layer_name, modules
-from trainscope.rules.finding import Finding
+import dataclasses
+
+from trainscope.rules.detectors._common import fmt, is_compute, layer_name, modules, pivot, train_loss
+from trainscope.rules.finding import Finding, Severity
+from trainscope.rules.signals import finite
 from trainscope.rules.registry import Context, NotApplicable, detector
 
 # What a bad init explains depends on its direction: a shrinking signal starves and kills units, a
@@ -97,6 +100,105 @@ def _target_name(row: pd.Series) -> str:
 
 @detector("poor-initialization")
 def poor_initialization(ctx: Context) -> Iterator[Finding]:
+    """The init table names the smell; the severity comes from what the run measured (principle 1):
+    a warning only when the forward signal, the gradients or the loss show the harm, else info."""
+    for f in _smell(ctx):
+        by_construction = dict(f.evidence).get("constant", False)
+        harm = [] if by_construction else _harm(ctx, f)
+        ev = dict(f.evidence)
+        ev["harm"] = harm or None
+        if by_construction or harm:
+            msg = f.message + ("; measured: " + "; ".join(harm) if harm else "")
+            sev = f.severity if by_construction else ctx.rule.severity
+            if f.severity.value == "info" and not by_construction:
+                sev = ctx.rule.severity  # a mild smell whose effect is measured is still a warning
+        else:
+            msg = f.message + "; no effect measured in this run (activations, gradients and loss look fine), so info"
+            sev = "info"
+        yield dataclasses.replace(f, message=msg, severity=Severity(sev), evidence=tuple(ev.items()),
+                                  explains=f.explains if (by_construction or harm) else ())
+
+
+def _nonlin_stds(ctx: Context, layers: list[str]) -> list[tuple[str, float]]:
+    """Output std, at the first recorded step, of the nonlinearity following each chain layer."""
+    df = ctx.run.layers
+    if df.empty:
+        return []
+    a = df[df["kind"] == "activation"]
+    if "rank" in a and (a["rank"] == 0).any():
+        a = a[a["rank"] == 0]
+    if a.empty:
+        return []
+    a = a[a["step"] == a["step"].min()].sort_values("order")
+    nonlin = a[a["module_type"].astype(str).str.lower().isin(RELU_FAMILY | SATURATING | {"leakyrelu", "relu6"})]
+    order = {str(r.layer): int(r.order) for r in ctx.run.init.itertuples()}
+    out = []
+    for name in layers:
+        o = order.get(str(name))
+        if o is None:
+            continue
+        after = nonlin[nonlin["order"] > o]
+        if len(after):
+            r = after.iloc[0]
+            out.append((str(r["layer"]), float(r["std"])))
+    return out
+
+
+def _harm(ctx: Context, f: Finding) -> list[str]:
+    """What this run measured of the smell's effect (empty: nothing)."""
+    out: list[str] = []
+    layers = list(f.layers)
+    stds = _nonlin_stds(ctx, layers)
+    fmin, fmax = float(ctx.p("forward_min")), float(ctx.p("forward_max"))
+    v = float("nan")
+    if len(stds) >= 2 and stds[0][1] > 0:
+        v = (stds[-1][1] / stds[0][1]) ** 2
+        if v <= fmin or v >= fmax:
+            out.append(f"activation variance {'shrinks' if v < 1 else 'grows'} {fmt(v)}x from {layer_name(stds[0][0])} "
+                       f"to {layer_name(stds[-1][0])} at the first step (bounds {fmt(fmin)}..{fmt(fmax)})")
+    elif len(stds) >= 1 and stds[0][1] == 0:
+        out.append(f"{layer_name(stds[0][0])} outputs are constant at the first step")
+    # gradients: first/last compute-layer norm ratio (median over recorded steps)
+    g = ctx.run.layers
+    if not g.empty:
+        g = g[(g["kind"] == "grad") & g["module_type"].map(is_compute) & (g["order"] >= 0)]
+        if not g.empty:
+            norms = pivot(g, "norm").dropna(axis=1, how="all")
+            if norms.shape[1] >= 3:
+                r = (norms.iloc[:, 0] / norms.iloc[:, -1]).replace([np.inf, -np.inf], np.nan).dropna()
+                if len(r):
+                    med = float(r.median())
+                    if med < float(ctx.p("grad_ratio_min")):
+                        out.append(f"first/last layer gradient ratio {fmt(med)} < {fmt(ctx.p('grad_ratio_min'))}")
+                    elif med > float(ctx.p("grad_ratio_max")):
+                        out.append(f"first/last layer gradient ratio {fmt(med)} > {fmt(ctx.p('grad_ratio_max'))}")
+            sat = ctx.run.layers
+            sat = sat[(sat["kind"] == "activation") & sat["module_type"].isin(("Sigmoid", "Tanh"))]
+            if len(sat) and float(sat.groupby("layer")["frac_saturated"].median().max()) >= 0.5:
+                out.append("sigmoid/tanh outputs saturated (>= 50% at the extremes)")
+    # the loss stalled from the start: counts only where the forward signal measurably changed
+    # 10x or more (a mechanism), not on the init table's word alone
+    t = finite(train_loss(ctx.run))
+    moved = np.isfinite(v) and (v <= 0.1 or v >= 10) or (len(stds) >= 1 and stds[0][1] == 0)
+    if moved and len(t) >= 10 and float(t.iloc[0]) > 0:
+        k = max(2, len(t) // 10)
+        head = float(np.median(t.to_numpy()[:k]))
+        blocks = [float(np.median(t.to_numpy()[i:i + k])) for i in range(0, len(t) - k + 1, k)]
+        best = min(blocks[1:]) if len(blocks) > 1 else head
+        drop = (head - best) / head if head > 0 else 0.0
+        if drop < float(ctx.p("min_loss_drop")):
+            out.append(f"the training loss fell only {drop:.1%} (< {float(ctx.p('min_loss_drop')):.0%})")
+        else:
+            # a long flat start: blocks within 10% of the total decrease of the first one
+            total = head - best
+            near = [head - b <= 0.1 * total for b in blocks]
+            flat = next((i for i, n in enumerate(near) if not n), len(near))
+            if flat * k / len(t) >= float(ctx.p("flat_fraction")):
+                out.append(f"the loss stayed near its start for {flat * k / len(t):.0%} of the run")
+    return out
+
+
+def _smell(ctx: Context) -> Iterator[Finding]:
     rows = _hidden_rows(ctx)
     if rows.empty:
         return
@@ -170,13 +272,14 @@ def poor_initialization(ctx: Context) -> Iterator[Finding]:
     off = rows[unnorm & ((rows["var"] <= 0) | (rows["ratio"] < 1 / ext) | (rows["ratio"] > ext))]
     if not off.empty:
         r = off.iloc[0]
+        constant = bool(r["var"] <= 0)
         what = ("constant (variance 0: every unit computes the same function)" if r["var"] <= 0
                 else f"variance {fmt(r['ratio'])}x the {_target_name(r)} target (outside 1/{fmt(ext)}..{fmt(ext)}x)")
         yield ctx.finding(
             f"{layer_name(r['layer'])} weight is {what}",
             layers=list(off["layer"]),
             evidence={"ratio": float(r["ratio"]), "var": float(r["var"]), "target_var": float(r["target_var"]),
-                      "scheme": str(r["scheme"]), "nonlinearity": str(r["nonlinearity"])},
+                      "scheme": str(r["scheme"]), "nonlinearity": str(r["nonlinearity"]), "constant": constant},
             fix_values={"init_call": _init_call(str(r["nonlinearity"])), "alt_fix": alt},
             explains=EXPLAINS_SHRINK if r["var"] <= 0 or r["ratio"] < 1 else EXPLAINS_GROW,
         )

@@ -72,14 +72,20 @@ def _criterion_name(ctx: Context, d: dict[str, Any]) -> str:
 
 @detector("softmax-before-cross-entropy")
 def softmax_before_cross_entropy(ctx: Context) -> Iterator[Finding]:
-    row, d = _criterion_input(ctx)
-    crit = _criterion_name(ctx, d)
+    rows = [(r, d) for r, d in _criterion_inputs(ctx)
+            if canonical_criterion(_criterion_name(ctx, d)) in CE_LOSSES]
+    if not rows:
+        return
+    row, d = rows[0]
+    crit = canonical_criterion(_criterion_name(ctx, d))
     if crit not in CE_LOSSES:
         return
     producer = _producer(d)
     is_prob = bool(d.get("is_prob")) and not bool(d.get("is_log_prob"))
     if _op(producer) != "softmax" and not is_prob:
         return
+    if _dim1(d) == 1:
+        return  # a softmax over one unit: output-activation-mismatch's (constant output) case
     why = f"produced by {_op_name(producer)}" if _op(producer) == "softmax" else "rows are probabilities"
     rs = d.get("row_sum_mean")
     yield ctx.finding(
@@ -94,22 +100,91 @@ def softmax_before_cross_entropy(ctx: Context) -> Iterator[Finding]:
     )
 
 
-# criterion -> (what it expects, producers that are wrong, predicate on the detail)
-def _mismatch(crit: str, producer: str, d: dict[str, Any]) -> str | None:
+# Functional losses (F.cross_entropy, ...) are named by the probe after the function; judge them as
+# the module they stand for.
+FUNCTIONAL = {"cross_entropy": "CrossEntropyLoss", "nll_loss": "NLLLoss", "binary_cross_entropy": "BCELoss",
+              "binary_cross_entropy_with_logits": "BCEWithLogitsLoss", "mse_loss": "MSELoss", "l1_loss": "L1Loss",
+              "smooth_l1_loss": "SmoothL1Loss", "huber_loss": "HuberLoss", "kl_div": "KLDivLoss"}
+REGRESSION = ("MSELoss", "L1Loss", "SmoothL1Loss", "HuberLoss")
+
+
+def canonical_criterion(name: str) -> str:
+    n = str(name or "")
+    short = n.rsplit(".", 1)[-1]
+    return FUNCTIONAL.get(short, FUNCTIONAL.get(short.lower(), short))
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _dim1(d: dict[str, Any]) -> int | None:
+    v = d.get("dim1_size")
+    if v is None:
+        shape = d.get("input_shape") or d.get("shape")
+        if isinstance(shape, list) and len(shape) >= 2:
+            v = shape[1]
+    try:
+        return int(v) if v is not None else None
+    except (TypeError, ValueError):
+        return None
+
+
+def _mismatch(crit: str, producer: str, d: dict[str, Any]) -> tuple[str, str] | None:
+    """(problem, severity override or "") for what reaches the criterion, or None when it fits."""
     is_prob = bool(d.get("is_prob")) and not bool(d.get("is_log_prob"))
     is_log_prob = bool(d.get("is_log_prob"))
     op = _op(producer)
+    lo, hi = _num(d.get("min")), _num(d.get("max"))
+    t_lo, t_hi = _num(d.get("target_min")), _num(d.get("target_max"))
+    target_integer = d.get("target_integer")
+    if target_integer is None and d.get("target_dtype"):
+        target_integer = str(d.get("target_dtype")).startswith(("int", "long", "uint", "bool"))
+    in_unit = d.get("target_in_unit")
+    if in_unit is None and t_lo is not None and t_hi is not None:
+        in_unit = 0 <= t_lo and t_hi <= 1
+    binary_targets = t_lo is not None and t_hi is not None and t_lo >= 0 and t_hi <= 1 and (
+        bool(target_integer) or (t_lo == 0 and t_hi == 1))
+    # 1. a softmax over a dimension of size 1 is the constant 1.0: every gradient is zero
+    if op in ("softmax", "log_softmax") and _dim1(d) == 1:
+        const = "1.0" if op == "softmax" else "0.0"
+        return (f"{crit} receives a {op} over a dimension of size 1, which is the constant {const} whatever the "
+                "input: every gradient is exactly zero", "error")
     if crit == "BCEWithLogitsLoss" and op == "sigmoid":
-        return "BCEWithLogitsLoss applies the sigmoid itself and expects raw logits, but it receives sigmoid outputs"
+        return ("BCEWithLogitsLoss applies the sigmoid itself and expects raw logits, but it receives sigmoid outputs",
+                "")
     if crit in CE_LOSSES and (op == "log_softmax" or is_log_prob):
-        return "CrossEntropyLoss applies log_softmax itself and expects raw logits, but it receives log-probabilities"
+        return ("CrossEntropyLoss applies log_softmax itself and expects raw logits, but it receives log-probabilities",
+                "")
     if crit in NLL_LOSSES:
         if op == "softmax" or is_prob:
-            return "NLLLoss expects log-probabilities (log_softmax), but it receives probabilities (softmax)"
+            return "NLLLoss expects log-probabilities (log_softmax), but it receives probabilities (softmax)", ""
         if producer and op != "log_softmax" and not is_log_prob:
-            return f"NLLLoss expects log-probabilities (log_softmax), but it receives raw outputs ({producer})"
-    if crit == "BCELoss" and producer and op != "sigmoid" and not is_prob:
-        return f"BCELoss expects probabilities, but it receives raw outputs ({producer}); use BCEWithLogitsLoss"
+            return f"NLLLoss expects log-probabilities (log_softmax), but it receives raw outputs ({producer})", ""
+    if crit == "BCELoss" and producer and op not in ("sigmoid", "softmax") and not is_prob:
+        return f"BCELoss expects probabilities, but it receives raw outputs ({producer}); use BCEWithLogitsLoss", ""
+    # 2. a softmax (one class per row) against multi-label targets (several 1s per row)
+    if op == "softmax" and d.get("target_multi_label") and crit in ("BCELoss", "MSELoss", "BCEWithLogitsLoss"):
+        return (f"{crit} compares softmax outputs (rows sum to 1: one class per sample) with multi-label targets "
+                "(several 1s per row): the classes compete instead of being predicted independently", "")
+    # 3. probabilities into a regression loss against class targets
+    if crit in REGRESSION and (op in ("softmax", "sigmoid") or is_prob and op) and binary_targets:
+        return (f"{crit} on {op or 'probability'} outputs against class targets: the gradient vanishes when the "
+                "prediction is confidently wrong (use a cross-entropy loss on logits)", "warning")
+    # 4. a bounded output that cannot reach the targets
+    relu_out = producer.startswith(("Relu", "ReLU", "Threshold"))
+    if relu_out and t_lo is not None and t_lo < 0 and crit in REGRESSION:
+        return (f"the model ends in a ReLU (outputs >= 0) but the targets go down to {fmt(t_lo)}: negative targets "
+                "can never be reached", "")
+    if op == "sigmoid" and crit in REGRESSION and in_unit is False and t_hi is not None:
+        return (f"the model ends in a sigmoid (outputs in 0..1) but the targets range {fmt(t_lo)}..{fmt(t_hi)}: "
+                "they can never be reached", "")
+    if op == "sigmoid" and crit == "BCELoss" and t_hi is not None and in_unit is False:
+        return f"BCELoss targets range {fmt(t_lo)}..{fmt(t_hi)}, outside 0..1", ""
     return None
 
 
@@ -123,21 +198,74 @@ FIX_FOR = {
 }
 
 
+def _specific_fix(problem: str, crit: str) -> str:
+    if "dimension of size 1" in problem:
+        return ("A softmax over one unit is always 1: for two classes use one logit with BCEWithLogitsLoss "
+                "(no softmax), or two logits with CrossEntropyLoss")
+    if "multi-label" in problem:
+        return "Use independent sigmoids: raw logits into BCEWithLogitsLoss, one per label"
+    if "class targets" in problem:
+        return "Use CrossEntropyLoss (class indices) or BCEWithLogitsLoss (0/1 targets) on the raw logits"
+    if "ReLU" in problem:
+        return "Remove the final ReLU: a regression head ends in a plain Linear layer"
+    if "sigmoid (outputs in 0..1)" in problem:
+        return "Remove the final sigmoid, or scale the targets into 0..1"
+    return FIX_FOR.get(crit, "Match the model's last op to what the criterion expects")
+
+
+def _criterion_inputs(ctx: Context) -> list[tuple[pd.Series, dict[str, Any]]]:
+    """The first criterion_input event of each criterion the probe saw."""
+    ev = events(ctx.run, "criterion_input")
+    if ev.empty:
+        raise NotApplicable("no criterion_input event (the probe saw no loss function)")
+    seen: dict[str, tuple[pd.Series, dict[str, Any]]] = {}
+    for _, row in ev.iterrows():
+        d = detail(row)
+        name = canonical_criterion(_criterion_name(ctx, d))
+        seen.setdefault(name, (row, d))
+    return list(seen.values())
+
+
 @detector("output-activation-mismatch")
 def output_activation_mismatch(ctx: Context) -> Iterator[Finding]:
-    row, d = _criterion_input(ctx)
-    crit = _criterion_name(ctx, d)
-    producer = _producer(d)
-    problem = _mismatch(crit, producer, d)
-    if problem is None:
+    try:
+        inputs = _criterion_inputs(ctx)
+    except NotApplicable:
+        # no loss seen: the model's own output can still show a softmax over one unit
+        out = events(ctx.run, "model_output")
+        if out.empty:
+            raise
+        od = detail(out.iloc[0])
+        shape = od.get("shape") or []
+        if _op(_producer(od)) == "softmax" and isinstance(shape, list) and len(shape) >= 2 and shape[-1] == 1:
+            yield ctx.finding(
+                f"the model ends in a softmax over a dimension of size 1 (output shape {shape}): the constant 1.0, "
+                f"so every gradient is exactly zero (step {int(out.iloc[0]['step'])})",
+                steps=(int(out.iloc[0]["step"]), int(out.iloc[0]["step"])),
+                evidence={"producer": _producer(od), "shape": shape},
+                fix_values={"specific_fix": _specific_fix("dimension of size 1", "")},
+                explains=("zero-gradients",),
+            )
         return
-    yield ctx.finding(
-        f"{problem} (last op {_op_name(producer) or 'unknown'}, step {int(row['step'])})",
-        steps=(int(row["step"]), int(row["step"])),
-        evidence={"criterion": crit, "producer": producer or None, "is_prob": bool(d.get("is_prob")),
-                  "is_log_prob": bool(d.get("is_log_prob")), "min": d.get("min"), "max": d.get("max")},
-        fix_values={"specific_fix": FIX_FOR.get(crit, "Match the model's last op to what the criterion expects")},
-    )
+    for row, d in inputs:
+        crit = canonical_criterion(_criterion_name(ctx, d))
+        producer = _producer(d)
+        got = _mismatch(crit, producer, d)
+        if got is None:
+            continue
+        problem, sev = got
+        yield ctx.finding(
+            f"{problem} (last op {_op_name(producer) or 'unknown'}, step {int(row['step'])})",
+            steps=(int(row["step"]), int(row["step"])),
+            evidence={"criterion": crit, "producer": producer or None, "is_prob": bool(d.get("is_prob")),
+                      "is_log_prob": bool(d.get("is_log_prob")), "min": d.get("min"), "max": d.get("max"),
+                      "target_min": d.get("target_min"), "target_max": d.get("target_max"),
+                      "dim1_size": _dim1(d)},
+            fix_values={"specific_fix": _specific_fix(problem, crit)},
+            severity=sev or None,
+            explains=("zero-gradients",) if "size 1" in problem else (),
+        )
+        return
 
 
 def _loop_scalar(ctx: Context, name: str) -> pd.Series:
@@ -260,7 +388,10 @@ def _horizon(cls: str, params: dict[str, Any]) -> float | None:
 def scheduler_step_cadence(ctx: Context) -> Iterator[Finding]:
     sched = ctx.run.meta.get("scheduler") or {}
     if not sched:
-        raise NotApplicable("no scheduler given to the probe")
+        # principle 5: the LR trace tells the schedule, whether or not a scheduler was handed to the
+        # probe (built before watch(), or a hand-written schedule writing param_group['lr'])
+        yield from _cadence_from_trace(ctx)
+        return
     cls = str(sched.get("class") or "")
     params = dict(sched.get("params") or {})
     steps = _loop_scalar(ctx, schema.LOOP_SCHEDULER_STEPS)
@@ -320,6 +451,71 @@ def scheduler_step_cadence(ctx: Context) -> Iterator[Finding]:
                 evidence=ev,
                 fix_values={"where": "once per epoch, after the batch loop",
                             "cls": cls, "steps_per_epoch": fmt(spe)},
+            )
+
+
+def _epoch_of_steps(ctx: Context, steps: np.ndarray) -> np.ndarray | None:
+    """The epoch each optimizer step falls in, from epoch events or the scalars' epoch column."""
+    ev = events(ctx.run, "epoch")
+    if len(ev) >= 2:
+        starts = ev.drop_duplicates("value").sort_values("step")
+        idx = np.searchsorted(starts["step"].to_numpy(), steps, side="right") - 1
+        return starts["value"].to_numpy(dtype=float)[np.clip(idx, 0, len(starts) - 1)]
+    df = ctx.run.scalars
+    if "epoch" in df:
+        e = df.dropna(subset=["epoch"]).drop_duplicates("step").set_index("step")["epoch"].sort_index()
+        if e.nunique() >= 2:
+            return e.reindex(steps, method="ffill").to_numpy(dtype=float)
+    return None
+
+
+def _cadence_from_trace(ctx: Context) -> Iterator[Finding]:
+    lr = ctx.run.scalar("lr/0")
+    lr = lr[np.isfinite(lr) & (lr > 0)] if len(lr) else lr
+    if len(lr) < int(ctx.p("min_steps")):
+        raise NotApplicable("no scheduler given to the probe and no LR trace (lr/0) to infer one from")
+    v = lr.to_numpy(dtype=float)
+    steps = lr.index.to_numpy()
+    changes = np.flatnonzero(~np.isclose(v[1:], v[:-1], rtol=1e-9, atol=0)) + 1
+    epochs = _epoch_of_steps(ctx, steps)
+    n_epochs = int(len(np.unique(epochs))) if epochs is not None else 0
+    peak = float(v.max())
+    groups = (ctx.run.meta.get("optimizer") or {}).get("param_groups") or []
+    max_lr = max((float(g["max_lr"]) for g in groups if isinstance(g, dict)
+                  and isinstance(g.get("max_lr"), (int, float)) and g["max_lr"] > 0), default=None)
+    ev = {"scheduler": "inferred from the LR trace", "lr_changes": int(len(changes)), "optimizer_steps": int(len(v)),
+          "epochs": n_epochs, "lr_peak": peak, "lr_last": float(v[-1]), "max_lr": max_lr}
+    spe = len(v) / n_epochs if n_epochs >= 2 else float("nan")
+    # 1. an epoch schedule stepped every batch: the LR changes within epochs and collapses early
+    collapse = np.flatnonzero(v <= float(ctx.p("collapse")) * peak)
+    if len(collapse) and collapse[0] < 0.5 * len(v) and len(changes) >= 3:
+        at = int(collapse[0])
+        within = (n_epochs >= 1 and epochs is not None
+                  and len(np.unique(epochs[changes])) < len(changes))  # several changes in one epoch
+        if within or n_epochs == 0:
+            yield ctx.finding(
+                f"the LR (trace lr/0, no scheduler given to the probe) changed at {len(changes)} of {len(v)} optimizer "
+                f"steps and fell to {fmt(float(v[at]))}, {fmt(float(v[at]) / peak)}x its peak {fmt(peak)}, by step "
+                f"{int(steps[at])} ({at / len(v):.0%} of the run)"
+                + (f": a schedule meant for epochs stepped every batch ({n_epochs} epochs)" if n_epochs >= 1 else ""),
+                steps=(int(steps[0]), int(steps[at])),
+                evidence=ev,
+                fix_values={"where": "once per epoch, after the batch loop",
+                            "cls": "the scheduler", "steps_per_epoch": fmt(spe) if np.isfinite(spe) else "N"},
+            )
+            return
+    # 2. a batch schedule (OneCycle) stepped once per epoch: it never gets near max_lr
+    if max_lr and n_epochs >= 2 and peak < 0.5 * max_lr and len(changes) >= 1 and epochs is not None:
+        per_epoch = len(np.unique(epochs[changes])) == len(changes)
+        if per_epoch and len(v) >= 2 * n_epochs:
+            yield ctx.finding(
+                f"the LR peaked at {fmt(peak)}, {fmt(peak / max_lr)}x the param groups' max_lr {fmt(max_lr)}, changing "
+                f"only once per epoch ({len(changes)} changes over {n_epochs} epochs, {len(v)} optimizer steps): a "
+                "per-batch schedule (OneCycleLR) stepped once per epoch",
+                steps=(int(steps[0]), int(steps[-1])),
+                evidence=ev,
+                fix_values={"where": "after every optimizer.step() (inside the batch loop)",
+                            "cls": "OneCycleLR", "steps_per_epoch": fmt(spe)},
             )
 
 

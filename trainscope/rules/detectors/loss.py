@@ -536,17 +536,21 @@ def _init_fix(run: Run) -> str:
 def no_validation(ctx: Context) -> list[Finding]:
     if has_validation(ctx.run):
         return []
+    if ctx.run.scalars.empty:
+        raise NotApplicable("no scalar metrics at all (incomplete-recording's finding)")
     epochs = n_epochs(ctx.run)
     steps = int(ctx.run.scalars["step"].max()) if not ctx.run.scalars.empty else 0
     long_enough = epochs >= ctx.p("min_epochs") if epochs is not None else steps >= ctx.p("min_steps")
-    if not long_enough:
-        return []
+    # no validation metric at all is always worth saying (principle 3); a warning once the run is
+    # long enough for overfitting to matter
     length = f"{epochs} epochs ({steps} steps)" if epochs is not None else f"{steps} steps"
     logged = ", ".join(ctx.run.scalar_names()[:8])
     return [
         ctx.finding(
-            f"no validation metric in a run of {length}; logged: {logged}",
+            f"no validation metric in a run of {length}; logged: {logged}"
+            + ("" if long_enough else f" (a short run: below {ctx.p('min_epochs')} epochs / {ctx.p('min_steps')} steps, so info)"),
             steps=(int(ctx.run.scalars["step"].min()), steps),
             evidence={"epochs": epochs, "steps": steps, "scalars": ctx.run.scalar_names()},
+            severity=None if long_enough else "info",
         )
     ]

@@ -1,0 +1,215 @@
+"""Silent PyTorch wiring bugs seen in real bug reports (issue 8), from the probe's facts:
+
+- loss-shape-mismatch: criterion input and target broadcast ((N, 1) against (N,));
+- parameters-not-updated: trainable parameters with no gradient, outside the optimizer, never
+  changing, or weights used in forward that are not parameters of the model (a Python list);
+- train-mode-during-evaluation: grad-disabled forwards of the watched model in train mode while it
+  has dropout or BatchNorm;
+- unshuffled-data: training batches arriving in label order.
+
+Each reads what the probe recorded (events `criterion_input`, `parameter_status`, `foreign_weight`,
+`eval_forward`; scalars `batch/target_*`), never the live model.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator
+
+import numpy as np
+import pandas as pd
+
+from trainscope.rules.detectors._common import detail, events, fmt, step_span, train_loss
+from trainscope.rules.detectors.loop import REGRESSION, _criterion_inputs, _criterion_name, canonical_criterion
+from trainscope.rules.finding import Finding
+from trainscope.rules.registry import Context, NotApplicable, detector
+
+ELEMENTWISE = REGRESSION + ("BCELoss", "BCEWithLogitsLoss", "KLDivLoss", "PoissonNLLLoss", "GaussianNLLLoss")
+
+
+def _shape(v: Any) -> tuple[int, ...] | None:
+    if not isinstance(v, (list, tuple)):
+        return None
+    try:
+        return tuple(int(x) for x in v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _broadcast(a: tuple[int, ...], b: tuple[int, ...]) -> tuple[int, ...] | None:
+    n = max(len(a), len(b))
+    a2, b2 = (1,) * (n - len(a)) + a, (1,) * (n - len(b)) + b
+    out = []
+    for x, y in zip(a2, b2):
+        if x != y and 1 not in (x, y):
+            return None
+        out.append(max(x, y))
+    return tuple(out)
+
+
+@detector("loss-shape-mismatch")
+def loss_shape_mismatch(ctx: Context) -> Iterator[Finding]:
+    for row, d in _criterion_inputs(ctx):
+        crit = canonical_criterion(_criterion_name(ctx, d))
+        a = _shape(d.get("input_shape") or d.get("shape"))
+        b = _shape(d.get("target_shape"))
+        if a is None or b is None:
+            continue
+        if crit not in ELEMENTWISE and not d.get("broadcast"):
+            continue  # CrossEntropyLoss/NLLLoss take (N, C) against (N,) by design
+        if a == b:
+            continue
+        out = _broadcast(a, b)
+        if out is None:
+            continue  # would have raised; not a silent bug
+        if not d.get("broadcast") and math.prod(out) <= max(math.prod(a), math.prod(b)):
+            continue  # same number of elements (e.g. (N,) vs (N, 1) squeezed by the loss): harmless
+        yield ctx.finding(
+            f"{crit} input {list(a)} and target {list(b)} broadcast to {list(out)}: every prediction is compared "
+            f"with every target ({math.prod(out)} pairs instead of {max(math.prod(a), math.prod(b))}), so the model "
+            f"learns the mean (step {int(row['step'])})",
+            steps=(int(row["step"]), int(row["step"])),
+            evidence={"criterion": crit, "input_shape": list(a), "target_shape": list(b), "broadcast_shape": list(out)},
+            fix_values={"fix_line": "loss = criterion(output.squeeze(-1), target)" if a[-1:] == (1,)
+                        else "loss = criterion(output, target.view_as(output))"},
+        )
+        return
+
+
+def _names(v: Any) -> list[str]:
+    return [str(x) for x in v] if isinstance(v, (list, tuple)) else []
+
+
+@detector("parameters-not-updated")
+def parameters_not_updated(ctx: Context) -> Iterator[Finding]:
+    st = events(ctx.run, "parameter_status")
+    fw = events(ctx.run, "foreign_weight")
+    if st.empty and fw.empty:
+        raise NotApplicable("no parameter_status event (recorded by an older probe, or fewer than 3 steps)")
+    d = detail(st.iloc[-1]) if not st.empty else {}
+    n = int(d.get("n_trainable") or 0)
+    never = _names(d.get("never_grad"))
+    zero = set(_names(d.get("all_zero_grad")))
+    outside = _names(d.get("not_in_optimizer"))
+    unchanged = [p for p in _names(d.get("unchanged")) if p not in never and p not in outside]
+    try:
+        foreign_opt = int(d.get("optimizer_foreign") or 0)
+    except (TypeError, ValueError):
+        foreign_opt = 0
+    if n and len(zero) >= n:
+        return  # every gradient is zero: zero-gradients' finding
+    parts: list[str] = []
+    fixes: list[str] = []
+    if foreign_opt:
+        parts.append(f"the optimizer holds {foreign_opt} parameter tensor(s) that are not in the model (built for a "
+                     "model that was replaced?)")
+        fixes.append("Build the optimizer after the final model: optimizer = torch.optim.Adam(model.parameters(), ...)")
+    if outside:
+        parts.append(f"{len(outside)} trainable parameter(s) are in no optimizer param group: {_list(outside)}")
+        fixes.append("Pass every trainable parameter to the optimizer: torch.optim.Adam(model.parameters(), ...)")
+    if never:
+        parts.append(f"{len(never)} of {n or '?'} trainable parameter(s) never received a gradient: {_list(never)}")
+        fixes.append("Keep the forward in torch ops (no .data, .detach(), .item() or numpy inside forward) and use "
+                     "every layer you define; freeze on purpose with requires_grad_(False)")
+    if unchanged:
+        parts.append(f"{len(unchanged)} parameter(s) got gradients but never changed: {_list(unchanged)}")
+        fixes.append("Check the param group's lr (0?) and that optimizer.step() runs after backward")
+    if not fw.empty:
+        fd = detail(fw.iloc[0])
+        cnt = int(fd.get("count") or len(fw))
+        parts.append(f"{cnt} weight tensor(s) used by {fd.get('op') or 'a weight op'} in forward are not parameters of "
+                     f"the model (shapes {fd.get('shapes')}): layers kept in a Python list are never registered, "
+                     "so model.parameters() and the optimizer miss them")
+        fixes.append("Hold sub-layers in nn.ModuleList / nn.ModuleDict (or assign them as attributes), not in a "
+                     "Python list or dict")
+    if not parts:
+        return
+    severe = bool(foreign_opt or outside or not fw.empty or (n and len(never) >= max(1, n // 2)))
+    yield ctx.finding(
+        "; ".join(parts),
+        steps=(int(st.iloc[-1]["step"]), int(st.iloc[-1]["step"])) if not st.empty else None,
+        evidence={"n_trainable": n or None, "never_grad": never, "not_in_optimizer": outside,
+                  "unchanged": unchanged, "optimizer_foreign": foreign_opt, "foreign_weights": len(fw)},
+        severity=None if severe else "warning",
+        extra_fixes=fixes,
+    )
+
+
+def _list(names: list[str], k: int = 4) -> str:
+    return ", ".join(names[:k]) + (f" and {len(names) - k} more" if len(names) > k else "")
+
+
+@detector("train-mode-during-evaluation")
+def train_mode_during_evaluation(ctx: Context) -> Iterator[Finding]:
+    ev = events(ctx.run, "eval_forward")
+    if ev.empty:
+        raise NotApplicable("no grad-disabled forward of the watched model recorded")
+    in_train = ev[ev["value"] >= 0.5]
+    if in_train.empty:
+        return
+    d = detail(in_train.iloc[0])
+    mods = [m for m, k in (("Dropout", "has_dropout"), ("BatchNorm", "has_batchnorm")) if d.get(k)]
+    effect = (f"the model has {' and '.join(mods)}: {'dropout drops units' if 'Dropout' in mods else ''}"
+              f"{' and ' if len(mods) == 2 else ''}{'BatchNorm uses (and updates) batch statistics' if 'BatchNorm' in mods else ''}"
+              " during evaluation, so the metrics are noisy and wrong" if mods
+              else "no Dropout/BatchNorm today, so the numbers are right, but they will not be once one is added")
+    step = int(in_train.iloc[0]["step"])
+    yield ctx.finding(
+        f"a grad-disabled forward of the model (validation/inference) ran with model.training == True at step {step}; "
+        + effect,
+        steps=(step, int(in_train.iloc[-1]["step"])),
+        evidence={"first_step": step, "modules": mods, "evals_in_train_mode": len(in_train)},
+        severity=None if mods else "info",
+    )
+
+
+def _longest_same(values: np.ndarray) -> tuple[int, int]:
+    """(number of changes, longest run) of consecutive equal values."""
+    changes = int(np.sum(values[1:] != values[:-1])) if len(values) > 1 else 0
+    best = cur = 1
+    for a, b in zip(values[:-1], values[1:]):
+        cur = cur + 1 if a == b else 1
+        best = max(best, cur)
+    return changes, best
+
+
+@detector("unshuffled-data")
+def unshuffled_data(ctx: Context) -> Iterator[Finding]:
+    frac = ctx.run.scalar("batch/target_mode_frac").dropna()
+    mode = ctx.run.scalar("batch/target_mode").dropna()
+    mean = ctx.run.scalar("batch/target_mean").dropna()
+    min_steps = int(ctx.p("min_steps"))
+    if len(frac) >= min_steps and len(mode) >= min_steps:
+        modes = mode.to_numpy()
+        distinct = len(np.unique(modes))
+        changes, longest = _longest_same(modes)
+        pure = float(frac.median())
+        if distinct < 2 or pure < float(ctx.p("min_mode_frac")):
+            return  # one class dominates every batch (imbalance) or batches are mixed: shuffled
+        if changes > float(ctx.p("max_change_rate")) * len(modes):
+            return  # the majority class changes from batch to batch: shuffled (or tiny batches)
+        yield ctx.finding(
+            f"training batches arrive in label order: the median batch is {pure:.0%} one class "
+            f"(threshold {float(ctx.p('min_mode_frac')):.0%}), and the batch's majority class changed only {changes} "
+            f"times in {len(modes)} steps ({distinct} classes, longest stretch {longest} batches of the same class)",
+            steps=step_span(mode.index),
+            evidence={"median_mode_frac": pure, "mode_changes": changes, "steps": len(modes), "classes": distinct,
+                      "longest_run": longest},
+        )
+        return
+    if len(mean) >= min_steps:
+        # float targets: batch means that drift steadily (sorted regression targets)
+        v = mean.to_numpy()
+        n = len(v)
+        rank = pd.Series(v).rank().to_numpy()
+        rho = float(np.corrcoef(rank, np.arange(n))[0, 1]) if np.std(rank) > 0 else 0.0
+        lag1 = float(np.corrcoef(v[:-1], v[1:])[0, 1]) if n > 3 and np.std(v) > 0 else 0.0
+        if lag1 >= float(ctx.p("min_lag1")) and abs(rho) >= 0.5:
+            yield ctx.finding(
+                f"the mean target of consecutive training batches is strongly correlated (lag-1 autocorrelation "
+                f"{lag1:.2f} >= {float(ctx.p('min_lag1')):.2f}, rank correlation with the step {rho:.2f}): the data "
+                "is sorted by target",
+                steps=step_span(mean.index),
+                evidence={"lag1": lag1, "rank_corr": rho, "steps": n},
+            )
+        return
+    raise NotApplicable("no per-batch target statistics (batch/target_mode_frac) recorded")
