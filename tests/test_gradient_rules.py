@@ -29,7 +29,8 @@ def test_vanishing_gradients_in_deep_sigmoid_stack() -> None:
 def test_vanishing_gradients_threshold_is_a_setting() -> None:
     run = scenario("deep-sigmoid")
     ratio = findings(run, select=FAMILY)["vanishing-gradients"].evidence_dict["ratio_first_last"]
-    quiet = findings(run, select=FAMILY, settings={"vanishing-gradients": {"ratio_min": ratio / 100}})
+    quiet = findings(run, select=FAMILY, settings={"vanishing-gradients": {"ratio_min": ratio / 100,
+                                                                            "info_ratio": ratio / 100}})
     assert "vanishing-gradients" not in quiet
 
 

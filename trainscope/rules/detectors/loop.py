@@ -73,7 +73,8 @@ def _criterion_name(ctx: Context, d: dict[str, Any]) -> str:
 @detector("softmax-before-cross-entropy")
 def softmax_before_cross_entropy(ctx: Context) -> Iterator[Finding]:
     rows = [(r, d) for r, d in _criterion_inputs(ctx)
-            if canonical_criterion(_criterion_name(ctx, d)) in CE_LOSSES]
+            if canonical_criterion(_criterion_name(ctx, d)) in CE_LOSSES
+            and (_op(_producer(d)) == "softmax" or (bool(d.get("is_prob")) and not bool(d.get("is_log_prob"))))]
     if not rows:
         return
     row, d = rows[0]
@@ -214,15 +215,16 @@ def _specific_fix(problem: str, crit: str) -> str:
 
 
 def _criterion_inputs(ctx: Context) -> list[tuple[pd.Series, dict[str, Any]]]:
-    """The first criterion_input event of each criterion the probe saw."""
+    """The first criterion_input event of each (criterion, producer) the probe saw: a validation loss
+    computed on softmax outputs is a second event of the same criterion."""
     ev = events(ctx.run, "criterion_input")
     if ev.empty:
         raise NotApplicable("no criterion_input event (the probe saw no loss function)")
-    seen: dict[str, tuple[pd.Series, dict[str, Any]]] = {}
+    seen: dict[tuple[str, str], tuple[pd.Series, dict[str, Any]]] = {}
     for _, row in ev.iterrows():
         d = detail(row)
         name = canonical_criterion(_criterion_name(ctx, d))
-        seen.setdefault(name, (row, d))
+        seen.setdefault((name, _op(_producer(d)) or _producer(d)), (row, d))
     return list(seen.values())
 
 

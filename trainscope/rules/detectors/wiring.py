@@ -212,4 +212,62 @@ def unshuffled_data(ctx: Context) -> Iterator[Finding]:
                 evidence={"lag1": lag1, "rank_corr": rho, "steps": n},
             )
         return
-    raise NotApplicable("no per-batch target statistics (batch/target_mode_frac) recorded")
+    yield from _sawtooth(ctx)
+
+
+def _sawtooth(ctx: Context) -> Iterator[Finding]:
+    """Without per-batch target facts: a loss whose within-epoch profile repeats every epoch."""
+    from trainscope.rules.detectors.loop import _epoch_of_steps
+
+    t = train_loss(ctx.run)
+    t = t[np.isfinite(t)]
+    if len(t) < 30:
+        raise NotApplicable("no per-batch target statistics and too short a loss curve for a sawtooth")
+    ep = _epoch_of_steps(ctx, t.index.to_numpy())
+    if ep is None:
+        raise NotApplicable("no per-batch target statistics and no epochs to look for an epoch-periodic loss")
+    df = pd.DataFrame({"loss": t.to_numpy(), "epoch": ep})
+    sizes = df.groupby("epoch").size()
+    p = int(sizes.median())
+    if p < 8 or (sizes >= p).sum() < 3:
+        raise NotApplicable("fewer than 3 epochs of 8+ logged steps: no sawtooth test")
+    # remove the run's own descent with a running median one epoch wide: what an epoch-periodic
+    # pattern leaves behind is the pattern, what a smooth decrease leaves behind is noise
+    trend = df["loss"].rolling(p | 1, center=True, min_periods=max(3, p // 2)).median()
+    df["loss"] = df["loss"] - trend + float(np.median(t.to_numpy()))
+    full = sizes[sizes >= p].index
+    if p < 8 or len(full) < 3:
+        raise NotApplicable("fewer than 3 epochs of 8+ logged steps: no sawtooth test")
+    prof = np.stack([df[df["epoch"] == e]["loss"].to_numpy()[:p] for e in full])
+    prof = prof[:, np.isfinite(prof).all(axis=0)]
+    if prof.shape[1] < 8:
+        raise NotApplicable("too few steps per epoch after detrending")
+    prof = prof[1:]  # the first epoch is mostly the initial descent
+    if len(prof) < 2:
+        raise NotApplicable("too few epochs after the first")
+    # detrend each epoch (its own median) and scale by the run's level
+    level = float(np.median(prof))
+    if level <= 0:
+        return
+    x = (prof - np.median(prof, axis=1, keepdims=True)) / level
+    mean_prof = x.mean(axis=0)
+    resid = x - mean_prof
+    # share of within-epoch variation that repeats every epoch, and its size
+    explained = float(np.var(mean_prof) / max(np.var(x), 1e-30))
+    corr = [np.corrcoef(x[i], x[i + 1])[0, 1] for i in range(len(x) - 1) if np.std(x[i]) > 0 and np.std(x[i + 1]) > 0]
+    r = float(np.median(corr)) if corr else 0.0
+    amp = float(np.percentile(mean_prof, 90) - np.percentile(mean_prof, 10))
+    # a sorted dataset gives a smooth profile (neighbouring batches hold the same class); a fixed
+    # order of shuffled-once data gives a rough one (each batch its own difficulty): not a sawtooth
+    smooth_r = float(np.corrcoef(mean_prof[:-1], mean_prof[1:])[0, 1]) if np.std(mean_prof) > 0 else 0.0
+    if r < float(ctx.p("min_profile_corr")) or amp < float(ctx.p("min_profile_amp")) or smooth_r < 0.3:
+        return
+    yield ctx.finding(
+        f"the training loss repeats the same shape every epoch (sawtooth): consecutive epochs' loss profiles "
+        f"correlate {r:.2f} (>= {float(ctx.p('min_profile_corr')):.2f}), swinging {amp:.0%} of the loss level within an "
+        f"epoch ({len(prof) + 1} epochs of {p} steps): batches come in the same order, likely sorted by label",
+        steps=(int(t.index[0]), int(t.index[-1])),
+        evidence={"profile_corr": r, "profile_amplitude": amp, "explained": explained, "steps_per_epoch": p,
+                  "epochs": int(len(prof) + 1), "resid_std": float(resid.std()),
+                  "profile_smoothness": smooth_r},
+    )
