@@ -173,7 +173,7 @@ def _needs(run, kind: str) -> None:
 
 def _sorted_task() -> "h.Data":
     torch.manual_seed(0)  # the model is built right after this: same init whatever ran before
-    d = h.teacher_task(n=512, classes=4, n_val=256)
+    d = h.teacher_task(n=1024, classes=4, n_val=256)
     order = torch.argsort(d.y_train, stable=True)
     return h.Data(d.x_train[order], d.y_train[order], d.x_val, d.y_val, 4)
 

@@ -153,7 +153,10 @@ def lr_too_high(ctx: Context) -> Iterator[Finding]:
             if len(at_peak):
                 candidates.append((float(at_peak.median()), "steps at the peak LR", at_peak))
         med, which, used = max(candidates, key=lambda c: c[0])
-    ratio_fires = np.isfinite(med) and (med > extreme or (med > thr and (struggling or drop is None)))
+    # principle 1: a large ratio alone is a smell; it needs the loss to show it (a blow-up, a stall,
+    # heavy clipping), or, above ratio_extreme, at least a loss that did not halve
+    ratio_fires = bool(np.isfinite(med) and med > thr and (
+        struggling or drop is None or (med > extreme and drop < float(ctx.p("extreme_min_drop")))))
     # without update ratios (or below them): two independent signs measured in this run
     other_fires = blew_up and clip_heavy
     if not (ratio_fires or other_fires):

@@ -260,7 +260,7 @@ def _sawtooth(ctx: Context) -> Iterator[Finding]:
     # a sorted dataset gives a smooth profile (neighbouring batches hold the same class); a fixed
     # order of shuffled-once data gives a rough one (each batch its own difficulty): not a sawtooth
     smooth_r = float(np.corrcoef(mean_prof[:-1], mean_prof[1:])[0, 1]) if np.std(mean_prof) > 0 else 0.0
-    if r < float(ctx.p("min_profile_corr")) or amp < float(ctx.p("min_profile_amp")) or smooth_r < 0.3:
+    if r < float(ctx.p("min_profile_corr")) or amp < float(ctx.p("min_profile_amp")) or smooth_r < float(ctx.p("min_smoothness")):
         return
     yield ctx.finding(
         f"the training loss repeats the same shape every epoch (sawtooth): consecutive epochs' loss profiles "
