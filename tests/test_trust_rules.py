@@ -98,7 +98,7 @@ def test_eight_layer_relu_mlp_with_std_one_init_has_exploding_gradients() -> Non
 
 
 def test_nothing_recorded_is_a_finding_with_the_line_to_add(tmp_path) -> None:
-    # the probe watches a module that never runs, and no loss is logged
+    # the probe watches a module that never runs (a warning), and no loss is logged (info on its own)
     torch.manual_seed(0)
     model, unused = h.mlp(), nn.Linear(16, 4)
     opt = torch.optim.Adam(model.parameters(), 1e-3)
