@@ -182,20 +182,23 @@ def _harm(ctx: Context, f: Finding) -> list[str]:
     t = finite(train_loss(ctx.run))
     sf = float(ctx.p("stall_forward"))
     moved = np.isfinite(v) and (v <= sf or v >= 1 / sf) or (len(stds) >= 1 and stds[0][1] == 0)
-    if moved and len(t) >= 10 and float(t.iloc[0]) > 0:
+    # a milder measured change (up to 10x) counts only with a much longer stall
+    mild = np.isfinite(v) and (v <= 0.1 or v >= 10)
+    if (moved or mild) and len(t) >= 10 and float(t.iloc[0]) > 0:
         k = max(2, len(t) // 10)
         head = float(np.median(t.to_numpy()[:k]))
         blocks = [float(np.median(t.to_numpy()[i:i + k])) for i in range(0, len(t) - k + 1, k)]
         best = min(blocks[1:]) if len(blocks) > 1 else head
         drop = (head - best) / head if head > 0 else 0.0
-        if drop < float(ctx.p("min_loss_drop")):
+        if drop < float(ctx.p("min_loss_drop")) and moved:
             out.append(f"the training loss fell only {drop:.1%} (< {float(ctx.p('min_loss_drop')):.0%})")
         else:
             # a long flat start: blocks within 10% of the total decrease of the first one
             total = head - best
             near = [head - b <= 0.1 * total for b in blocks]
             flat = next((i for i, n in enumerate(near) if not n), len(near))
-            if flat * k / len(t) >= float(ctx.p("flat_fraction")):
+            need = float(ctx.p("flat_fraction")) if moved else float(ctx.p("long_flat_fraction"))
+            if flat * k / len(t) >= need:
                 out.append(f"the loss stayed near its start for {flat * k / len(t):.0%} of the run")
     return out
 
