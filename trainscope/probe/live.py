@@ -34,6 +34,10 @@ from trainscope.store import schema
 
 EARLY_STEPS = 3  # loop bugs are judged on steps 0, 1, 2
 DIVERGENCE_FACTOR = 10.0
+# The logged loss is read live on every one of the first steps, then on every LIVE_LOSS_EVERY-th:
+# a blow-up is still said within a few steps, at a fraction of the per-step Python cost.
+LIVE_LOSS_DENSE_STEPS = 32
+LIVE_LOSS_EVERY = 8
 CE_LIKE = ("CrossEntropyLoss", "cross_entropy")
 
 TITLES = {
@@ -95,6 +99,8 @@ class LiveFindings:
     # ------------------------------------------------------------------ inputs
     def on_logged(self, step: int, values: dict[str, Any]) -> None:
         if self.on_finding == "ignore" and len(self.fired) == len(TITLES):
+            return
+        if step >= LIVE_LOSS_DENSE_STEPS and step % LIVE_LOSS_EVERY:
             return
         for key, v in values.items():
             name = str(key)
