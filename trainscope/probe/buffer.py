@@ -35,6 +35,9 @@ from trainscope.store.writer import RunWriter
 ScalarRow = tuple[int, str, Any, float, float]
 # A collector's own buffered rows, expanded into scalar rows at flush (e.g. the loop facts).
 ScalarSource = Callable[[], list[ScalarRow]]
+# A collector that keeps its own device buffer (e.g. the per-step gradient norms) and copies it to the
+# host itself at flush: scalar rows (host values) and layer-table columns (host lists, no "order").
+DenseSource = Callable[[], tuple[list[ScalarRow], list[dict[str, list]]]]
 
 
 class RunBuffer:
@@ -56,6 +59,7 @@ class RunBuffer:
         self.pending_rows = 0
         self.seen_nonfinite: set[str] = set()
         self.scalar_sources: list[ScalarSource] = []  # drained at flush, before the logged values
+        self.dense_sources: list[DenseSource] = []  # drained at flush, first
         self.order: dict[str, int] = {}  # forward order of the layers, filled after the first forward
         self.meta_fn: Callable[[str | None], None] = lambda status: None  # writes meta.json after a flush
         # host rows waiting for their chunk: table -> [{column: list}, ...]; released after the write
@@ -132,7 +136,17 @@ class RunBuffer:
             self.write_failures = 0
 
     def _stage(self) -> None:
-        scalars = self.scalars
+        dense_layers: list[dict[str, list]] = []
+        dense_scalars: list[ScalarRow] = []
+        for dense in self.dense_sources:
+            try:
+                rows, cols = dense()
+            except Exception as e:  # noqa: BLE001 - a failed copy loses that source's rows, not the flush
+                self._lost("dense statistics", e)
+                continue
+            dense_scalars += rows
+            dense_layers += cols
+        scalars = dense_scalars + self.scalars if dense_scalars else self.scalars
         self.scalars = []
         for source in self.scalar_sources:
             scalars = scalars + source()
@@ -157,6 +171,10 @@ class RunBuffer:
                 for i, stat in enumerate(schema.LAYER_STATS):
                     cols[stat] = [row[i] for row in mats]
                 self._nonfinite_from_layers(cols)
+                self.staged[schema.LAYERS].append(cols)
+        for cols in dense_layers:
+            if cols.get("layer"):
+                cols["order"] = [self.order.get(n, -1) for n in cols["layer"]]
                 self.staged[schema.LAYERS].append(cols)
         events, self.events = self.events, []
         if events:

@@ -6,7 +6,8 @@ and on every recorded step. Shared (tied) parameters count once. When the loop c
 `clip_grad_norm_` (seen through clipping.py), the norm and the per-layer gradient statistics are
 taken *before* the clip, and the clipped norm, `max_norm` and whether the clip was active are
 recorded as well. The per-tensor norms of the same fused call give each layer's gradient norm on
-those steps (kind `grad_norm`). Per-layer statistics of recorded steps are raw moments on the device
+those steps (kind `grad_norm`): by default every step, kept as one device vector of per-tensor norms per
+step and added up into global and per-layer norms on the host at flush (`_drain`). Per-layer statistics of recorded steps are raw moments on the device
 (stats.py). The update ratio needs the weights before the step: on recorded steps, small tensors are
 copied whole and large ones only at a fixed random subset of SAMPLED_ELEMENTS elements (drawn once,
 with numpy, so torch's random state is untouched).
@@ -50,11 +51,23 @@ def layers_with_params(model: nn.Module) -> list[LayerParams]:
 
 
 @dataclass
+class _Plan:
+    """Which gradients one step's norm vector holds and how they add up to layers (tied tensors once)."""
+
+    take: list[int] | None  # positions in ParamStats._flat of the tensors in the vector (None: all)
+    names: list[str]  # the layers with a gradient
+    types: list[str]
+    numels: list[int]
+    cols: list[list[int]]  # each layer's tensors (positions in the vector)
+
+
+@dataclass
 class _PreClip:
     """Gradient facts read when clip_grad_norm_ was called, before it scaled anything."""
 
     step: int
     norm: Tensor | None = None  # our global L2 norm (None: not a step that records the norm)
+    vec: tuple[Tensor, _Plan] | None = None  # per-tensor norms, pre-clip (the dense path: no norm, no rows)
     layer_norms: list[tuple[str, str, Tensor, int]] = field(default_factory=list)  # per-layer, pre-clip
     grad_raw: dict[str, tuple[Tensor, Any]] = field(default_factory=dict)  # layer -> raw moments (recorded steps)
     max_norm: Any = None
@@ -78,6 +91,24 @@ class ParamStats(Collector):
         self._sample_index: dict[int, Tensor | None] = {}  # id(param) -> fixed elements for the update ratio
         self._rng = np.random.default_rng(20240601)
         self._on_clip = clock.guard.wrap("clip", self._clip_seen)
+        # The dense path: each norm step keeps one device vector of per-tensor gradient norms (one fused
+        # _foreach_norm and one stack); the global and per-layer norms are finished on the host at flush.
+        flat: list[Tensor] = []
+        seen: set[int] = set()
+        for _, _, _, ps in layers:
+            for p in ps:
+                if id(p) not in seen:
+                    seen.add(id(p))
+                    flat.append(p)
+        self._flat = flat
+        self._pos = {id(p): i for i, p in enumerate(flat)}
+        self._plans: dict[tuple[bool, ...] | None, _Plan] = {}
+        # sparse gradients (Embedding(sparse=True)) and complex ones take the per-layer path
+        self._fast = bool(flat) and not any(p.is_complex() or p.layout != torch.strided for p in flat) and not any(
+            getattr(m, "sparse", False) is True for _, m, _, _ in layers)
+        self._dense: list[tuple[int, float, float, Tensor, _Plan]] = []  # (step, epoch, time, norms, plan)
+        self.last_norm: tuple[int, float] | None = None  # (step, global norm) read on the host (CPU only)
+        buffer.dense_sources.append(self._drain)
 
     def install(self) -> None:
         clipping.attach(self._on_clip)
@@ -132,6 +163,93 @@ class ParamStats(Collector):
             rows.append((name, typ, raw, sum(g.numel() for g in gs)))
         return gn, rows
 
+    def _plan(self, present: tuple[bool, ...] | None) -> _Plan:
+        plan = self._plans.get(present)
+        if plan is not None:
+            return plan
+        take = None if present is None else [i for i, ok in enumerate(present) if ok]
+        col = {i: j for j, i in enumerate(take if take is not None else range(len(self._flat)))}
+        names, types, numels, cols = [], [], [], []
+        for name, _, typ, ps in self.layers:
+            idx = [col[self._pos[id(p)]] for p in ps if self._pos[id(p)] in col]
+            if idx:
+                names.append(name)
+                types.append(typ)
+                numels.append(sum(ps[k].numel() for k, p in enumerate(ps) if self._pos[id(p)] in col))
+                cols.append(idx)
+        plan = self._plans[present] = _Plan(take, names, types, numels, cols)
+        return plan
+
+    def _dense_norms(self) -> tuple[Tensor, _Plan] | None:
+        """Per-tensor gradient norms as one device vector (float32), or None: take the per-layer path."""
+        if not self._fast:
+            return None
+        grads = [p.grad for p in self._flat]
+        present = None
+        if any(g is None for g in grads):
+            present = tuple(g is not None for g in grads)
+            grads = [g for g in grads if g is not None]
+            if not grads:
+                return None
+        try:
+            vec = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32))
+        except Exception:  # noqa: BLE001 - e.g. gradients on several devices, sparse ones: the per-layer path
+            self._fast = False
+            return None
+        return vec, self._plan(present)
+
+    def _keep_dense(self, s: int, vec: Tensor, plan: _Plan) -> bool:
+        """Keep a step's norm vector; True if it holds the run's first non-finite gradient norm (CPU)."""
+        self._dense.append((s, self.clock.epoch, self.clock.step_time, vec, plan))
+        self.buffer.pending_rows += len(plan.names) + 1
+        if vec.device.type == "cpu":  # free on CPU: the global norm now (NaN/Inf and jumps seen at once)
+            gn = math.sqrt(sum(x * x for x in vec.tolist()))
+            self.last_norm = (s, gn)
+            buf = self.buffer
+            if not math.isfinite(gn) and "grad" not in buf.seen_nonfinite:
+                buf.seen_nonfinite.add("grad")
+                buf.event(s, "nonfinite", "", gn, {"tensor": "grad", "metric": schema.GRAD_NORM, "value": str(gn)})
+                return True
+        return False
+
+    def mark(self) -> Any:
+        return len(self._dense)
+
+    def rollback(self, token: Any) -> None:
+        del self._dense[token:]
+
+    def _drain(self) -> tuple[list, list[dict[str, list]]]:
+        """At flush: every kept norm vector to the host (one stack and one copy per plan), as `grad_norm`
+        scalar rows and per-layer `grad_norm` rows."""
+        dense, self._dense = self._dense, []
+        if not dense:
+            return [], []
+        by_plan: dict[int, list[tuple[int, float, float, Tensor, _Plan]]] = {}
+        for e in dense:
+            by_plan.setdefault(id(e[4]), []).append(e)
+        scalars: list = []
+        parts: list[dict[str, list]] = []
+        nan = float("nan")
+        for entries in by_plan.values():
+            plan = entries[0][4]
+            sq = torch.stack([e[3] for e in entries]).cpu().numpy().astype(np.float64) ** 2
+            total = np.sqrt(sq.sum(axis=1))
+            for e, v in zip(entries, total.tolist()):
+                scalars.append((e[0], schema.GRAD_NORM, v, e[1], e[2]))
+            # a sum per layer, not a 0/1 matrix product: an Inf in one layer must not make the others NaN
+            layer = np.sqrt(np.stack([sq[:, idx].sum(axis=1) for idx in plan.cols], axis=1))  # (steps, layers)
+            n_l, n = len(plan.names), len(entries) * len(plan.names)
+            cols: dict[str, list] = {
+                "step": np.repeat(np.asarray([e[0] for e in entries], dtype=np.int64), n_l).tolist(),
+                "layer": plan.names * len(entries), "kind": ["grad_norm"] * n,
+                "module_type": plan.types * len(entries)}
+            for stat in schema.LAYER_STATS:
+                cols[stat] = [nan] * n
+            cols["norm"] = layer.reshape(-1).tolist()
+            cols["numel"] = [float(x) for x in plan.numels] * len(entries)
+            parts.append(cols)
+        return scalars, parts
+
     def _global_norm(self, layers: list[LayerGrads]) -> Tensor:
         return self._norms(layers)[0]
 
@@ -178,12 +296,17 @@ class ParamStats(Collector):
             self._pre = None
             return
         pre = self._pre = _PreClip(step=s, max_norm=max_norm)
-        layers = self.params_with_grad()
-        if layers:
+        pre.vec = self._dense_norms()
+        layers = self.params_with_grad() if record or pre.vec is None else []
+        if pre.vec is not None:
+            if total_norm is None:
+                total_norm = torch.linalg.vector_norm(pre.vec[0])
+            pre.active = clipping.clip_active(total_norm, max_norm)
+        elif layers:
             pre.norm, pre.layer_norms = self._norms(layers)
             pre.active = clipping.clip_active(total_norm if total_norm is not None else pre.norm, max_norm)
-            if record:
-                pre.grad_raw = {name: st.raw_moments(gs) for name, _, _, gs in layers}
+        if layers and record:
+            pre.grad_raw = {name: st.raw_moments(gs) for name, _, _, gs in layers}
 
     def _clip_rows(self, s: int, max_norm: Any, total_norm: Tensor | None, clipped: bool) -> None:
         if s < 0 or not self.wants_norm(s, self.clock.recorded(s)):
@@ -202,8 +325,21 @@ class ParamStats(Collector):
     def on_step_begin(self, step: int, record: bool) -> None:
         s, buf = step, self.buffer
         pre = self._pre if self._pre is not None and self._pre.step == s else None
-        layers = self.params_with_grad() if self.wants_norm(s, record) else []
-        if layers:
+        want = self.wants_norm(s, record)
+        dense = self._dense_norms() if want and (pre is None or pre.norm is None) else None
+        if dense is not None:
+            epoch, t = self.clock.epoch, self.clock.step_time
+            if pre is not None and pre.vec is not None:  # clipped since: keep the pre-clip norms
+                pre.used = True
+                buf.scalars.append((s, schema.GRAD_NORM_CLIPPED, torch.linalg.vector_norm(dense[0]), epoch, t))
+                self._pre_rows(s, pre, epoch, t)
+                dense = pre.vec
+            if self._keep_dense(s, *dense):
+                record = True  # free on CPU: catch the first bad step exactly
+            layers = self.params_with_grad() if record else []
+        else:
+            layers = self.params_with_grad() if want else []
+        if dense is None and layers:
             now_norm, layer_norms = self._norms(layers)
             gn = now_norm
             epoch, t = self.clock.epoch, self.clock.step_time
@@ -211,12 +347,7 @@ class ParamStats(Collector):
                 pre.used = True
                 gn, layer_norms = pre.norm, pre.layer_norms
                 buf.scalars.append((s, schema.GRAD_NORM_CLIPPED, now_norm, epoch, t))
-                if isinstance(pre.max_norm, (int, float, Tensor)):
-                    mx = pre.max_norm if isinstance(pre.max_norm, Tensor) else float(pre.max_norm)
-                    buf.scalars.append((s, schema.CLIP_MAX_NORM, mx, epoch, t))
-                if pre.active is not None:
-                    buf.scalars.append((s, schema.LOOP_CLIPPED, pre.active, epoch, t))
-                buf.pending_rows += 3
+                self._pre_rows(s, pre, epoch, t)
             buf.scalars.append((s, schema.GRAD_NORM, gn, epoch, t))
             for name, typ, raw, numel in layer_norms:
                 buf.layers.append((s, name, "grad_norm", typ, raw, numel))
@@ -233,11 +364,21 @@ class ParamStats(Collector):
                     self._snapshots[name] = (ps, self._snapshot(ps))
             buf.pending_rows += 2 * len(layers)
 
+    def _pre_rows(self, s: int, pre: _PreClip, epoch: float, t: float) -> None:
+        buf = self.buffer
+        if isinstance(pre.max_norm, (int, float, Tensor)):
+            mx = pre.max_norm if isinstance(pre.max_norm, Tensor) else float(pre.max_norm)
+            buf.scalars.append((s, schema.CLIP_MAX_NORM, mx, epoch, t))
+        if pre.active is not None:
+            buf.scalars.append((s, schema.LOOP_CLIPPED, pre.active, epoch, t))
+        buf.pending_rows += 3
+
     def on_step_end(self, step: int) -> None:
         pre, self._pre = self._pre, None
         if pre is not None and pre.step == step and not pre.used:
             # clip_grad_norm_ ran after the step began (inside a closure): keep what it said.
-            self._clip_rows(step, pre.max_norm, pre.norm, clipped=False)
+            norm = pre.norm if pre.norm is not None or pre.vec is None else torch.linalg.vector_norm(pre.vec[0])
+            self._clip_rows(step, pre.max_norm, norm, clipped=False)
         if not self._snapshots:
             return
         for name, _, typ, _ in self.layers:

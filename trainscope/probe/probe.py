@@ -63,7 +63,7 @@ class Probe:
         scheduler: Any = None,
         every: int = 100,
         activations: bool = True,
-        grad_norm_every: int = 10,
+        grad_norm_every: int = 1,
         flush_seconds: float = 10.0,
         flush_rows: int = 50_000,
         name: str | None = None,
@@ -391,8 +391,8 @@ def watch(model: nn.Module, run_dir: str | os.PathLike[str] | None = None, **opt
     scheduler: read (never stepped) to check its cadence against optimizer steps and epochs.
     every: per-layer statistics every `every` optimizer steps (plus steps 0, 1, 2, 4, 8, ...), default 100.
     activations: record per-module activation statistics on recorded steps (default True).
-    grad_norm_every: the global gradient norm at each of the first 200 steps, then every this many
-        steps (default 10) and on recorded steps.
+    grad_norm_every: the global gradient norm and each layer's gradient norm at each of the first 200
+        steps, then every this many steps (default 1: every step) and on recorded steps.
     flush_seconds, flush_rows: how often buffered rows are written (default 10 s / 50 000 rows).
     resume: continue the run already in `run_dir` (same attempt, steps go on from the last recorded
         step) instead of starting a new attempt next to it (docs/run-store.md).
