@@ -72,3 +72,69 @@ def test_per_layer_grad_norms_every_step_equal_vector_norm(tmp_path):
     assert list(gn.index) == list(range(n_steps))
     for s, v in gn.items():
         assert v == pytest.approx(want_global[int(s)], rel=1e-5)  # the tied weight counted once
+
+
+def _events(run, kind):
+    import json
+
+    ev = run.events[run.events.kind == kind]
+    return [(int(r.step), json.loads(r.detail)) for r in ev.itertuples()]
+
+
+def test_anomaly_capture_records_the_spike_step(tmp_path):
+    """The issue's test: 1000 steps at every=100, the loss x100 at step 777 (backpropagated, so the gradient
+    norm jumps too), and at step 555 only the logged value x100 (a logging-side spike)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.02)
+    g = torch.Generator().manual_seed(2)
+    xs = torch.randn(1000, 16, 4, generator=g)
+    ys = xs[..., :1] * 0.5 - xs[..., 1:2]
+    with trainscope.watch(model, tmp_path / "r", optimizer=opt, every=100, on_finding="ignore") as probe:
+        for step in range(1000):
+            opt.zero_grad()
+            loss = nn.functional.mse_loss(model(xs[step]), ys[step])
+            if step == 777:
+                loss = loss * 100
+            loss.backward()
+            opt.step()
+            probe.log(train_loss=loss * 100 if step == 555 else loss)  # logged after the step, as usual
+    run = trainscope.load_run(tmp_path / "r")
+    caps = _events(run, "anomaly_capture")
+    by = {(s, d["trigger"]): d for s, d in caps}
+    assert set(by) == {(777, "grad_norm"), (777, "loss"), (555, "loss")}, caps  # and no false alarm elsewhere
+    assert by[777, "grad_norm"]["steps"] == [777, 778, 779] and not by[777, "grad_norm"]["late"]
+    assert by[777, "loss"]["steps"] == [778, 779, 780] and by[777, "loss"]["late"]  # known after its step
+    assert by[555, "loss"]["steps"] == [556, 557, 558]
+    d = by[777, "grad_norm"]
+    assert d["value"] > 10 * d["median"] and d["factor"] == 10.0
+    kinds = {int(s): set(k) for s, k in run.layers.groupby("step").kind}
+    full = {"grad", "weight", "update", "grad_norm"}
+    assert kinds[777] >= full  # the spike step itself: gradients, weights, update
+    for s in (778, 779, 780, 556, 557, 558):
+        assert kinds[s] >= full | {"activation"}, s
+    for s in (776, 781, 554, 555, 559):
+        assert kinds[s] == {"grad_norm"}, s  # the usual cheap steps around them
+    assert run.layers[(run.layers.step == 777) & (run.layers.kind == "grad")].norm.min() > 0
+
+
+def test_anomaly_capture_nan_loss_and_budget(tmp_path):
+    """A NaN loss triggers once (then the run stays NaN: no capture per step), and a loss logged before
+    optimizer.step() is captured at its own step."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(8, 3), torch.randn(8, 1)
+    with trainscope.watch(model, tmp_path / "r", optimizer=opt, every=1000, on_finding="ignore") as probe:
+        for step in range(60):
+            opt.zero_grad()
+            loss = nn.functional.mse_loss(model(x), y)
+            loss.backward()
+            probe.log(train_loss=float("nan") if step >= 40 else loss)  # logged before the step
+            opt.step()
+    run = trainscope.load_run(tmp_path / "r")
+    caps = _events(run, "anomaly_capture")
+    assert [(s, d["trigger"], d["nonfinite"], d["late"]) for s, d in caps] == [(40, "loss", True, False)]
+    assert caps[0][1]["steps"] == [40, 41, 42]
+    kinds = {int(s): set(k) for s, k in run.layers.groupby("step").kind}
+    assert {"grad", "weight", "update"} <= kinds[40] and kinds[43] == {"grad_norm"}

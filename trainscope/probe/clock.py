@@ -85,6 +85,8 @@ class StepClock:
         self._sentinel_copy: Tensor | None = None
         self.buffer: Any = None  # the RunBuffer (set by the probe): rows of a taken-back step_begin go
         self._open: tuple | None = None  # no optimizer: the step whose statistics a later backward may redo
+        self.forced: set[int] = set()  # steps recorded in full because of an anomaly (anomaly.py)
+        self.begun = -1  # the latest step whose step_begin ran (its statistics are taken)
 
     def install(self) -> None:
         """Hook the optimizer (if any) and the sentinel. An optimizer that cannot be hooked (no
@@ -155,8 +157,9 @@ class StepClock:
             self.step_begin()
 
     def recorded(self, s: int) -> bool:
-        """Per-layer statistics on steps 0, 1, 2, 4, 8, ... below `every`, then every `every` steps."""
-        if s < 3 or s % self.every == 0:
+        """Per-layer statistics on steps 0, 1, 2, 4, 8, ... below `every`, then every `every` steps, and on
+        the steps an anomaly capture asked for."""
+        if s < 3 or s % self.every == 0 or s in self.forced:
             return True
         return s < self.every and (s & (s - 1)) == 0
 
@@ -247,7 +250,7 @@ class StepClock:
                 c.rollback(token)
 
     def step_begin(self) -> None:
-        s = self.step
+        s = self.begun = self.step
         self.step_time = self.now()
         record = self.recorded(s)
         for c in self.collectors:

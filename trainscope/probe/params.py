@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from trainscope.probe import clipping
+from trainscope.probe import clipping, host
 from trainscope.probe import stats as st
 from trainscope.probe.buffer import RunBuffer
 from trainscope.probe.clock import Collector, StepClock
@@ -108,6 +108,7 @@ class ParamStats(Collector):
             getattr(m, "sparse", False) is True for _, m, _, _ in layers)
         self._dense: list[tuple[int, float, float, Tensor, _Plan]] = []  # (step, epoch, time, norms, plan)
         self.last_norm: tuple[int, float] | None = None  # (step, global norm) read on the host (CPU only)
+        self.anomaly: Any = None  # anomaly.AnomalyCapture, set by the probe: told every step's global norm
         buffer.dense_sources.append(self._drain)
 
     def install(self) -> None:
@@ -199,18 +200,25 @@ class ParamStats(Collector):
         return vec, self._plan(present)
 
     def _keep_dense(self, s: int, vec: Tensor, plan: _Plan) -> bool:
-        """Keep a step's norm vector; True if it holds the run's first non-finite gradient norm (CPU)."""
+        """Keep a step's norm vector; True if this step is to be recorded in full: it holds the run's first
+        non-finite gradient norm (CPU) or the anomaly capture says the norm jumped."""
         self._dense.append((s, self.clock.epoch, self.clock.step_time, vec, plan))
         self.buffer.pending_rows += len(plan.names) + 1
-        if vec.device.type == "cpu":  # free on CPU: the global norm now (NaN/Inf and jumps seen at once)
-            gn = math.sqrt(sum(x * x for x in vec.tolist()))
-            self.last_norm = (s, gn)
-            buf = self.buffer
-            if not math.isfinite(gn) and "grad" not in buf.seen_nonfinite:
-                buf.seen_nonfinite.add("grad")
-                buf.event(s, "nonfinite", "", gn, {"tensor": "grad", "metric": schema.GRAD_NORM, "value": str(gn)})
-                return True
-        return False
+        if not host.free(vec):
+            if self.anomaly is not None and vec.device.type == "cuda":
+                self.anomaly.on_grad_norm(s, torch.linalg.vector_norm(vec))  # copied without blocking
+            return False
+        # free on CPU: the global norm now (NaN/Inf and jumps seen on their own step)
+        gn = math.sqrt(sum(x * x for x in vec.tolist()))
+        self.last_norm = (s, gn)
+        first_bad = False
+        buf = self.buffer
+        if not math.isfinite(gn) and "grad" not in buf.seen_nonfinite:
+            buf.seen_nonfinite.add("grad")
+            buf.event(s, "nonfinite", "", gn, {"tensor": "grad", "metric": schema.GRAD_NORM, "value": str(gn)})
+            first_bad = True
+        jumped = self.anomaly is not None and self.anomaly.on_grad_norm(s, gn)
+        return first_bad or jumped
 
     def mark(self) -> Any:
         return len(self._dense)
@@ -352,8 +360,14 @@ class ParamStats(Collector):
             for name, typ, raw, numel in layer_norms:
                 buf.layers.append((s, name, "grad_norm", typ, raw, numel))
             buf.pending_rows += len(layer_norms)
-            if gn.device.type == "cpu" and not math.isfinite(float(gn)) and "grad" not in buf.seen_nonfinite:
-                record = True  # free on CPU: catch the first bad step exactly
+            if host.free(gn):
+                v = float(gn)
+                if not math.isfinite(v) and "grad" not in buf.seen_nonfinite:
+                    record = True  # free on CPU: catch the first bad step exactly
+                if self.anomaly is not None and self.anomaly.on_grad_norm(s, v):
+                    record = True
+            elif self.anomaly is not None:
+                self.anomaly.on_grad_norm(s, gn)
         if record:
             grad_raw = pre.grad_raw if pre is not None else {}
             for name, typ, ps, gs in layers:

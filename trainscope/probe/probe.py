@@ -6,6 +6,7 @@
   trace.ForwardTrace     the first forward: order, nonlinearities, init table, input/output facts
   activations.ActivationHooks  per-module output statistics, armed for one forward
   params.ParamStats      global grad norm, per-layer grad/weight/update statistics
+  anomaly.AnomalyCapture records the steps where the loss or the gradient norm jumps
   loop_facts.LoopFacts   mode, grad reset, backwards, scheduler count, batch size, lr/momentum
   criterion.CriterionWatch  what reaches the loss
   buffer.RunBuffer       buffered rows, one host copy per flush, nonfinite detection, writer
@@ -33,6 +34,7 @@ from torch import Tensor, nn
 
 from trainscope.probe import meta as meta_mod
 from trainscope.probe.activations import ActivationHooks
+from trainscope.probe.anomaly import AnomalyCapture
 from trainscope.probe.buffer import RunBuffer
 from trainscope.probe.clock import StepClock, pick_sentinel
 from trainscope.probe.criterion import LOSS_FUNCTIONS, CriterionWatch
@@ -107,6 +109,8 @@ class Probe:
         self.clock.step = self.clock.fwd_step = self.writer.start_step  # resume=True: continue the steps
         self.params = ParamStats(layers, self.buffer, self.clock, grad_norm_every=max(1, int(grad_norm_every)),
                                  has_optimizer=optimizer is not None)
+        self.anomaly = AnomalyCapture(self.buffer, self.clock)  # loss / grad-norm jumps: record those steps
+        self.params.anomaly = self.anomaly
         self.loop = LoopFacts(self.buffer, self.clock, optimizer=optimizer, scheduler=scheduler, model=self.model)
         self.timing = Timing(self.buffer, self.clock, self.model)  # where the step's time goes
         self.criterion_watch = CriterionWatch(criterion, self.buffer, self.clock, self.guard, compiled=self.compiled)
@@ -170,6 +174,7 @@ class Probe:
             if not self.loss_fallback.user_logs_loss and any("loss" in str(k).lower() for k in values):
                 self.loss_fallback.stop()  # the user logs a loss: the model's own outputs.loss is not needed
             self.live.on_logged(s, values)
+            self.anomaly.on_logged(s, values)
         except Exception as e:  # never break the training loop over a bad metric
             if is_finding(e):
                 raise
@@ -269,6 +274,7 @@ class Probe:
                           {"hook": name, "error": f"{type(e).__name__}: {e}"})
 
     def _after_step(self) -> None:
+        self.anomaly.poll()
         self.live.after_step()
         if self.buffer.due() or self.live.wants_flush():
             self._resolve_rank(final=True)

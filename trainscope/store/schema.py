@@ -100,6 +100,9 @@ EVENT_KINDS = (
     #                  has_dropout, has_batchnorm, step}; the first one and each change of the training flag
     "parameter_status",  # after step 2 and at close: detail.{never_grad, all_zero_grad, not_in_optimizer,
     #                      unchanged: [parameter names], optimizer_foreign, n_trainable: counts}
+    "anomaly_capture",  # the loss or the global grad norm jumped (> 10x its running median, or NaN/Inf): the steps
+    #                     recorded in full for it; value = the value, detail.{trigger, metric, value, median, factor,
+    #                     nonfinite, steps, late} (trainscope/probe/anomaly.py)
     "foreign_weight",  # first forward: a weight op used a grad-requiring leaf that is not a model parameter:
     #                    detail.{op, shapes, count}
 )
