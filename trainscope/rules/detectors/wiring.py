@@ -190,17 +190,30 @@ def unshuffled_data(ctx: Context) -> Iterator[Finding]:
         distinct = len(np.unique(modes))
         changes, longest = _longest_same(modes)
         pure = float(frac.median())
+        # share of batches led by the most common majority class: ~1 for an imbalanced dataset (one
+        # class leads every batch), ~1/K for K classes that take turns (sorted data)
+        _, counts = np.unique(modes, return_counts=True)
+        dominant = float(counts.max() / counts.sum())
+        bs = ctx.run.scalar("loop/batch_size").dropna()
+        batch = float(bs.median()) if len(bs) else float("nan")
         if distinct < 2 or pure < float(ctx.p("min_mode_frac")):
-            return  # one class dominates every batch (imbalance) or batches are mixed: shuffled
-        if changes > float(ctx.p("max_change_rate")) * len(modes):
-            return  # the majority class changes from batch to batch: shuffled (or tiny batches)
+            return  # one class in every batch's lead (imbalance) or mixed batches: shuffled
+        if dominant > float(ctx.p("max_dominant_share")):
+            return  # one class leads nearly every batch: an imbalanced dataset, not an order
+        if not batch >= float(ctx.p("min_batch_size")) and changes > float(ctx.p("max_change_rate")) * len(modes):
+            # batches of a few samples are pure by chance; without the batch size, or with tiny batches, ask
+            # for the order itself: a sorted dataset keeps one class for several consecutive batches
+            return
+        size = f"batches of {batch:.0f}, " if batch == batch else ""
         yield ctx.finding(
             f"training batches arrive in label order: the median batch is {pure:.0%} one class "
-            f"(threshold {float(ctx.p('min_mode_frac')):.0%}), and the batch's majority class changed only {changes} "
-            f"times in {len(modes)} steps ({distinct} classes, longest stretch {longest} batches of the same class)",
+            f"(threshold {float(ctx.p('min_mode_frac')):.0%}; {size}{distinct} classes take turns, the most common "
+            f"leading {dominant:.0%} of batches), and the batch's majority class changed {changes} times in "
+            f"{len(modes)} steps (longest stretch {longest} batches of the same class)",
             steps=step_span(mode.index),
             evidence={"median_mode_frac": pure, "mode_changes": changes, "steps": len(modes), "classes": distinct,
-                      "longest_run": longest},
+                      "longest_run": longest, "dominant_share": dominant,
+                      "batch_size": batch if batch == batch else None},
         )
         return
     if len(mean) >= min_steps:
