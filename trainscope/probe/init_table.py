@@ -14,18 +14,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-RELU_FAMILY = {"relu", "relu6", "leaky_relu", "rrelu", "prelu", "elu", "celu", "selu", "gelu", "silu", "mish",
-               "softplus", "hardswish"}
-XAVIER_FAMILY = {"tanh", "sigmoid", "hardtanh", "hardsigmoid", "softsign", "softmax", "log_softmax", "linear"}
+from trainscope.families import ACTIVATION_MODULES, RELU_FAMILY, XAVIER_FAMILY  # noqa: F401 (re-exported)
 
-# Activation module class -> nonlinearity name
-ACTIVATION_MODULES = {
-    "ReLU": "relu", "ReLU6": "relu6", "LeakyReLU": "leaky_relu", "RReLU": "rrelu", "PReLU": "prelu",
-    "ELU": "elu", "CELU": "celu", "SELU": "selu", "GELU": "gelu", "SiLU": "silu", "Mish": "mish",
-    "Softplus": "softplus", "Hardswish": "hardswish", "Tanh": "tanh", "Sigmoid": "sigmoid",
-    "Hardtanh": "hardtanh", "Hardsigmoid": "hardsigmoid", "Softsign": "softsign", "Softmax": "softmax",
-    "LogSoftmax": "log_softmax",
-}
 # Functional calls seen during the first forward (F.relu, torch.tanh, Tensor.sigmoid, ...)
 FUNCTIONAL_ACTIVATIONS = {n for n in RELU_FAMILY | XAVIER_FAMILY if n != "linear"} | {"relu_", "sigmoid_", "tanh_"}
 

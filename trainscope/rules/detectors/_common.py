@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from trainscope.numbers import fmt, sig1  # noqa: F401 (re-exported for the detectors)
 from trainscope.rules.registry import NotApplicable
 from trainscope.rules.signals import lr_value
 from trainscope.store.run import Run
@@ -22,24 +23,6 @@ NORM_PREFIXES = ("BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "LocalRe
                  "SyncBatchNorm")
 NON_COMPUTE = NORM_PREFIXES + ("Embedding", "EmbeddingBag")
 LOSS_NAMES = ("train_loss", "loss", "train/loss", "training_loss", "train_loss_step")
-
-
-def fmt(x: Any) -> str:
-    """A number as a message shows it: 3 significant digits, scientific when tiny or huge."""
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return str(x)
-    if math.isnan(v):
-        return "nan"
-    if math.isinf(v):
-        return "inf" if v > 0 else "-inf"
-    if v == 0:
-        return "0"
-    a = abs(v)
-    if a < 1e-2 or a >= 1e4:
-        return f"{v:.1e}"
-    return f"{v:.3g}"
 
 
 def layer_name(name: Any) -> str:
@@ -179,14 +162,3 @@ def modules(run: Run) -> list[dict[str, Any]]:
     keyed = [(m.get("order", -1) if (m.get("order", -1) or -1) >= 0 else 10**9 + i, i, m) for i, m in enumerate(mods)]
     return [m for _, _, m in sorted(keyed, key=lambda t: (t[0], t[1]))]
 
-
-def sig1(x: float) -> str:
-    """A suggested value rounded to one significant digit (3e-04, 0.03, 1)."""
-    if not math.isfinite(x) or x <= 0:
-        return fmt(x)
-    exp = math.floor(math.log10(x))
-    mant = round(x / 10**exp)
-    if mant == 10:
-        mant, exp = 1, exp + 1
-    v = mant * 10.0**exp
-    return f"{v:.0e}" if (v < 1e-2 or v >= 1e4) else f"{v:g}"

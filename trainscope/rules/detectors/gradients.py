@@ -6,6 +6,7 @@ enter the first/last comparison: normalization and embedding parameters have the
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterator
 
 import numpy as np
@@ -25,11 +26,21 @@ from trainscope.rules.detectors._common import (
     step_span,
     train_loss,
 )
+from trainscope.families import QUARTER_SLOPE
 from trainscope.rules.finding import Finding
 from trainscope.rules.registry import Context, NotApplicable, detector
 from trainscope.store import schema
 
 DYING_RELU = ("ReLU", "ReLU6")  # units of these can die (LeakyReLU, GELU, ELU cannot)
+
+
+def _quarter_slope_layers(ctx: Context, layers: list[str]) -> list[str]:
+    """Which of `layers` feed a sigmoid (from the init table's nonlinearity column)."""
+    init = ctx.run.init
+    if init.empty or "nonlinearity" not in init or "layer" not in init:
+        return []
+    nl = init.drop_duplicates("layer").set_index("layer")["nonlinearity"].astype(str)
+    return [lay for lay in layers if nl.get(lay, "") in QUARTER_SLOPE]
 
 
 def _flow(ctx: Context) -> tuple[pd.DataFrame, str, str, pd.Series]:
@@ -75,9 +86,19 @@ def vanishing_gradients(ctx: Context) -> Iterator[Finding]:
     rel = norms.div(norms[last], axis=0).median()
     starved = [c for c in norms.columns[:-1] if rel[c] < thr] or [first]
     steps = step_span(ratio.index[low])
+    # a sigmoid stack vanishes by construction: neither an init nor a normalization layer fixes it,
+    # the activation does, so this finding is the root cause of those rules' findings on the same flow
+    sig = _quarter_slope_layers(ctx, list(norms.columns[:-1]))
+    sigmoid_stack = severity is None and len(sig) >= int(ctx.p("min_sigmoid_layers"))
+    why = (f"; {len(sig)} of the layers before {layer_name(last)} feed a sigmoid, whose slope is at most 1/4: the "
+           f"backward signal shrinks >= 4x at each (>= {fmt(4.0 ** len(sig))}x over {len(sig)}) whatever the init"
+           if sigmoid_stack else "")
+    explains: tuple[str, ...] = () if severity else ("slow-start", "loss-not-decreasing", "underfitting")
+    if sigmoid_stack:
+        explains += ("poor-initialization", "no-normalization-deep-stack")
     yield ctx.finding(
         f"grad norm ratio first/last layer {fmt(med)} < {fmt(thr)} ({layer_name(first)} vs {layer_name(last)}) at "
-        f"{low.sum()}/{len(ratio)} recorded steps {steps[0]}-{steps[1]}",
+        f"{low.sum()}/{len(ratio)} recorded steps {steps[0]}-{steps[1]}{why}",
         layers=starved,
         steps=steps,
         evidence={
@@ -88,9 +109,10 @@ def vanishing_gradients(ctx: Context) -> Iterator[Finding]:
             "first_norm": float(norms[first].median()),
             "last_norm": float(norms[last].median()),
             "frac_steps": frac,
+            "sigmoid_layers": len(sig),
         },
         severity=severity,
-        explains=() if severity else ("slow-start", "loss-not-decreasing", "underfitting"),
+        explains=explains,
     )
 
 
@@ -193,8 +215,49 @@ def unstable_gradients(ctx: Context) -> Iterator[Finding]:
     )
 
 
+def _output_relu_dead(ctx: Context) -> Finding | None:
+    """The model's output comes from a ReLU (module or F.relu) and is exactly 0 for the whole batch,
+    and the gradients stay exactly zero afterwards: the output unit never fires again."""
+    out = events(ctx.run, "model_output")
+    if out.empty:
+        return None
+    od = detail(out.iloc[0])
+    if not str(od.get("producer") or "").startswith(("Relu", "Threshold")) or od.get("min") != 0 or od.get("max") != 0:
+        return None
+    g = layer_rows(ctx.run, "grad")
+    if g.empty:
+        return None
+    per_step = g.groupby("step")["norm"].apply(lambda x: bool(x.notna().any() and (x.dropna() == 0).all()))
+    frac = float(per_step.mean())
+    if len(per_step) < int(ctx.p("min_steps")) or frac < float(ctx.p("sustain")) or not bool(per_step.iloc[-1]):
+        return None
+    step = int(out.iloc[0]["step"])
+    f = ctx.finding(
+        f"the model's output is a ReLU that never fires: every output of the batch at step {step} is exactly 0 "
+        f"(shape {od.get('shape')}), and every gradient is exactly 0 at {int(per_step.sum())}/{len(per_step)} recorded "
+        "steps after it: nothing flows back through a ReLU below zero",
+        steps=(step, int(per_step.index[-1])),
+        evidence={"output_producer": od.get("producer"), "output_min": 0.0, "output_max": 0.0,
+                  "frac_zero_grad_steps": frac, "frac_dead": 1.0},
+        fix_values={"lr_new": "a 10x smaller value"},
+        explains=("zero-gradients", "loss-not-decreasing", "parameters-not-updated"),
+    )
+    # the output unit died from its start (an unlucky bias/init), not from large updates: the generic
+    # LR advice does not apply, the head does
+    return dataclasses.replace(f, fixes=(
+        "Remove the ReLU after the output layer: a regression head ends in a plain Linear layer (or use softplus "
+        "if the target must be positive)",
+        "If the output must stay a ReLU, start its bias positive (nn.init.constant_(head.bias, 0.1)) or use "
+        "LeakyReLU(0.01)",
+    ))
+
+
 @detector("dead-relu")
 def dead_relu(ctx: Context) -> Iterator[Finding]:
+    dead_out = _output_relu_dead(ctx)
+    if dead_out is not None:
+        yield dead_out
+        return
     a = layer_rows(ctx.run, "activation")
     a = a[a["module_type"].isin(DYING_RELU)]
     if a.empty:
@@ -352,7 +415,9 @@ def zero_gradients(ctx: Context) -> Iterator[Finding]:
     else:
         lo, hi = od.get("min"), od.get("max")
         if isinstance(lo, (int, float)) and isinstance(hi, (int, float)) and lo == hi:
-            cause = f"the model's output is the constant {fmt(lo)} (e.g. a softmax over a single unit)"
+            cause = (f"the model's output is the constant {fmt(lo)}, from a ReLU that never fires" if lo == 0 and
+                     producer.startswith(("Relu", "Threshold")) else
+                     f"the model's output is the constant {fmt(lo)} (e.g. a softmax over a single unit)")
     yield ctx.finding(
         how + (f"; {cause}" if cause else "") + ": no parameter can learn",
         steps=steps,
@@ -366,6 +431,8 @@ def _zero_fix(cause: str) -> str:
         return "Keep the forward in torch ops: no .item(), .numpy(), .detach() or .data between input and loss"
     if "whose gradient is zero" in cause:
         return "Apply rounding/argmax only at inference; train on the continuous output (logits)"
+    if "ReLU that never fires" in cause:
+        return "Remove the ReLU after the output layer: a regression head ends in a plain Linear layer"
     if "constant" in cause:
         return ("A softmax over one unit is always 1.0: use one logit with BCEWithLogitsLoss, or two with "
                 "CrossEntropyLoss")

@@ -27,6 +27,7 @@ import pandas as pd
 import dataclasses
 
 from trainscope.rules.detectors._common import fmt, is_compute, layer_name, modules, pivot, train_loss
+from trainscope.families import QUARTER_SLOPE, RELU_FAMILY, SATURATING
 from trainscope.rules.finding import Finding, Severity
 from trainscope.rules.signals import finite
 from trainscope.rules.registry import Context, NotApplicable, detector
@@ -36,9 +37,6 @@ from trainscope.rules.registry import Context, NotApplicable, detector
 EXPLAINS_SHRINK = ("slow-start", "vanishing-gradients", "collapsed-activations", "dead-relu")
 EXPLAINS_GROW = ("initial-loss-mismatch", "exploding-gradients", "saturated-activations", "unstable-gradients")
 
-RELU_FAMILY = {"relu", "relu6", "leaky_relu", "rrelu", "prelu", "elu", "celu", "gelu", "silu", "mish",
-               "softplus", "hardswish"}
-SATURATING = {"tanh", "sigmoid", "hardtanh", "hardsigmoid", "softsign"}
 OWN_INIT = ("MultiheadAttention", "TransformerEncoderLayer", "TransformerDecoderLayer", "TransformerEncoder",
             "TransformerDecoder", "Transformer")
 
@@ -245,7 +243,10 @@ def _smell(ctx: Context) -> Iterator[Finding]:
             },
             fix_values={"init_call": _init_call(nl), "alt_fix": alt},
             severity="info" if mild else None,
-            explains=EXPLAINS_SHRINK if compound < lo else EXPLAINS_GROW,
+            # a sigmoid chain starves its gradients whatever the init (slope <= 1/4 per layer): the init
+            # does not explain vanishing gradients there, the activation does
+            explains=(tuple(x for x in EXPLAINS_SHRINK if x != "vanishing-gradients" or nl not in QUARTER_SLOPE)
+                      if compound < lo else EXPLAINS_GROW),
         )
         return
 
