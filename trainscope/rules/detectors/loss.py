@@ -6,9 +6,12 @@ Validation rules work per evaluation (usually per epoch), training-curve rules p
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pandas as pd
 
+from trainscope.numbers import fmt
 from trainscope.rules.finding import Finding
 from trainscope.rules.registry import Context, NotApplicable, detector
 from trainscope.rules.signals import (
@@ -34,7 +37,7 @@ FLAT_DROP = 0.05  # below this relative decrease the curve is "flat" (loss-not-d
 
 
 def _fmt(x: float) -> str:
-    return f"{x:.4g}"
+    return fmt(x)
 
 
 def _train_loss(run: Run) -> pd.Series:
@@ -79,8 +82,36 @@ def _unit(run: Run, t: pd.Series) -> str:
     return f"{len(t)} logged values (steps {t.index[0]}-{t.index[-1]})"
 
 
+def _frozen(ctx: Context) -> list[Finding] | None:
+    """A loss that is the very same number at every logged value (3+): degenerate data, the clearest
+    evidence that nothing learns (principle 3), judged even on a short log. Without a training loss the
+    validation loss is read: a frozen validation loss means a frozen model too."""
+    s = first_series(ctx.run, TRAIN_LOSS_NAMES)
+    which = "train loss"
+    if s is None:
+        s, which = first_series(ctx.run, VAL_LOSS_NAMES), "validation loss (no training loss logged)"
+    if s is None:
+        return None
+    v = finite(s)
+    if len(v) < int(ctx.p("min_frozen")) or float(v.max()) != float(v.min()):
+        return None
+    f = ctx.finding(
+        f"the {which} is exactly {fmt(float(v.iloc[0]), 6)} at every one of {_unit(ctx.run, v)}: the model's output "
+        "does not change at all (zero gradients, a constant output, or parameters that are not updated)",
+        steps=_span(v),
+        evidence={"initial_loss": float(v.iloc[0]), "best_loss": float(v.iloc[0]), "relative_drop": 0.0,
+                  "points": len(v), "frozen": True},
+        fix_values=_common_fix_values(ctx.run),
+    )
+    # not a single digit moved: look at what blocks learning before tuning the step size
+    return [dataclasses.replace(f, fixes=tuple(reversed(f.fixes)))]
+
+
 @detector("loss-not-decreasing")
 def loss_not_decreasing(ctx: Context) -> list[Finding]:
+    frozen = _frozen(ctx)
+    if frozen:
+        return frozen
     t = finite(_train_loss(ctx.run))
     # an epoch-level log of 5+ epochs is judged too; step logs need min_points values
     need = 5 if n_epochs(ctx.run) == len(t) else ctx.p("min_points")
@@ -99,13 +130,32 @@ def loss_not_decreasing(ctx: Context) -> list[Finding]:
     drop = (head - best) / abs(head)
     if drop >= ctx.p("min_rel_drop"):
         return []
+    # a log that starts late (epoch 154 of a run) is a window of a longer run: a slow fall there is
+    # what late training looks like, and the run's start, where "not decreasing" would be harm, is
+    # missing. A window that still trends down is decreasing; otherwise it is worth knowing (info).
+    first_at = int(t.index[0])
+    # in logged points, not steps: a value logged every 500 steps starts at 500 and is not late
+    idx = t.index.to_numpy(dtype=float)
+    spacing = float(np.median(np.diff(idx))) if len(idx) > 1 else 1.0
+    late_start = spacing > 0 and first_at / spacing >= max(10, len(t))
+    severity = None
+    note = ""
+    if late_start:
+        rho = float(pd.Series(t.to_numpy()).corr(pd.Series(np.arange(len(t))), method="spearman"))
+        if np.isfinite(rho) and rho <= -float(ctx.p("window_trend")) and drop > 0:
+            return []
+        severity = "info"
+        note = f"; the log starts at step/epoch {first_at}, a window of a longer run (its start is not in the log)"
     return [
         ctx.finding(
-            f"smoothed train loss fell only {drop:.1%} (from {_fmt(head)} to at best {_fmt(best)}) "
-            f"over {_unit(ctx.run, t)}; threshold {ctx.p('min_rel_drop'):.0%}",
+            (f"smoothed train loss fell only {drop:.1%} (from {_fmt(head)} to at best {_fmt(best)}) " if drop >= 0 else
+             f"smoothed train loss never fell below its start (from {_fmt(head)}; its lowest later level {_fmt(best)}) ")
+            + f"over {_unit(ctx.run, t)}; threshold {ctx.p('min_rel_drop'):.0%}{note}",
             steps=_span(t),
-            evidence={"initial_loss": head, "best_loss": best, "relative_drop": drop, "points": len(t)},
+            evidence={"initial_loss": head, "best_loss": best, "relative_drop": drop, "points": len(t),
+                      "first_logged": first_at},
             fix_values=_common_fix_values(ctx.run),
+            severity=severity,
         )
     ]
 
