@@ -19,7 +19,8 @@ def test_lr_too_high(name: str) -> None:
     f = findings(scenario(name), select=FAMILY)["lr-too-high"]
     ev = f.evidence_dict
     assert ev["update_ratio"] > 0.1
-    assert "> 0.1" in f.message
+    # above ratio_extreme (1.0) the message quotes that threshold instead (a run that goes NaN can land there)
+    assert "> 0.1 " in f.message or (ev["update_ratio"] > 1 and "> 1 " in f.message)
     suggested = float(ev["suggested_lr"])
     assert suggested < ev["lr"] / 10  # a concrete, much smaller LR
     assert f"to about {ev['suggested_lr']}" in f.fixes[0]

@@ -99,6 +99,37 @@ def early_rise(run: Run, factor: float = EARLY_RISE, frac: float = 1 / 3) -> tup
     return None
 
 
+def rise_after_progress(run: Run, factor: float = EARLY_RISE, keep: float = 0.5) -> tuple[float, int, int, float, float] | None:
+    """(peak / best, step of the best, step of the peak, best, peak) when the smoothed training loss,
+    after falling to a best value, climbed back to `factor` x that best AND to at least `keep` x its
+    first logged value (most of the progress lost); None otherwise. The second condition keeps the
+    multiplicative noise of a loss near zero from counting as a blow-up."""
+    raw = training_loss(run)
+    raw = raw[np.isfinite(raw.to_numpy(dtype=float))]
+    if len(raw) < 10:
+        return None
+    first, _ = first_loss(run)
+    if first is None or first <= 0:
+        return None
+    w = max(5, len(raw) // 50) | 1
+    smooth = raw.rolling(w, center=True, min_periods=3).median()
+    best = smooth.cummin()
+    ok = best > 0
+    if not ok.any():
+        return None
+    ratio = (smooth[ok] / best[ok]).replace([np.inf, -np.inf], np.nan).dropna()
+    if ratio.empty:
+        return None
+    peak_step = ratio.idxmax()
+    rise = float(ratio.loc[peak_step])
+    peak = float(smooth.loc[peak_step])
+    if rise < factor or peak < keep * first:
+        return None
+    best_val = float(best.loc[peak_step])
+    best_step = smooth[:peak_step][smooth[:peak_step] <= best_val].index
+    return rise, int(best_step[-1] if len(best_step) else raw.index[0]), int(peak_step), best_val, peak
+
+
 def update_ratio_per_step(run: Run) -> pd.Series:
     """Median update ratio ||dW||/||W|| across compute layers at each recorded step (all steps,
     warmup included); empty without update statistics."""

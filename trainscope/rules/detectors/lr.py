@@ -15,7 +15,15 @@ import numpy as np
 import pandas as pd
 
 from trainscope.rules.detectors._common import compute_mask, current_lr, fmt, layer_name, layer_rows, pivot, sig1, train_loss
-from trainscope.rules.evidence import clip_facts, early_rise, first_loss, lr_trace, too_high_signs, update_ratio_per_step
+from trainscope.rules.evidence import (
+    clip_facts,
+    early_rise,
+    first_loss,
+    lr_trace,
+    rise_after_progress,
+    too_high_signs,
+    update_ratio_per_step,
+)
 from trainscope.rules.signals import lr_value
 from trainscope.rules.finding import Finding
 from trainscope.rules.registry import Context, NotApplicable, detector
@@ -159,13 +167,22 @@ def lr_too_high(ctx: Context) -> Iterator[Finding]:
         struggling or drop is None or (med > extreme and drop < float(ctx.p("extreme_min_drop")))))
     # without update ratios (or below them): two independent signs measured in this run
     other_fires = blew_up and clip_heavy
-    if not (ratio_fires or other_fires):
+    # a loss that fell, then climbed back and lost most of its progress, while the updates leading
+    # into the climb were 10x+ the healthy ~1e-3: the optimizer overshoots (a momentum/summed-loss
+    # LR that is too large), not a bad batch (that leaves the update ratio alone)
+    late = rise_after_progress(ctx.run, float(ctx.p("loss_spike")))
+    late_ur = ur[ur.index <= late[2]] if late is not None else ur.iloc[0:0]
+    late_med = float(late_ur.median()) if len(late_ur) >= 3 else float("nan")
+    late_fires = bool(not ratio_fires and np.isfinite(late_med) and late_med > float(ctx.p("ratio_blowup")))
+    if late_fires:
+        med, which, used = late_med, "steps up to the climb", late_ur
+    if not (ratio_fires or other_fires or late_fires):
         if ur.empty and not (blew_up or clip_heavy):
             raise NotApplicable("no weight-update statistics, and no loss blow-up or heavy clipping")
         return
     # the LR that would give the target ratio, from the LR in force at the steps measured
     target = float(ctx.p("target_ratio"))
-    if ratio_fires and len(used):
+    if (ratio_fires or late_fires) and len(used):
         lrs = trace.reindex(used.index, method="nearest") if len(trace) else pd.Series(dtype=float)
         if len(lrs) and np.isfinite(lrs.to_numpy(dtype=float)).all():
             new = float(np.median(lrs.to_numpy(dtype=float) * target / used.to_numpy(dtype=float)))
@@ -185,15 +202,22 @@ def lr_too_high(ctx: Context) -> Iterator[Finding]:
         notes.append(f"the loss spiked to {fmt(spike)}x its first logged value")
     elif drop is not None and drop < float(ctx.p("min_loss_drop")):
         notes.append(f"loss {'fell only' if drop >= 0 else 'rose'} {abs(drop):.1%} from its first logged value")
-    elif stalled:
-        notes.append(f"after its first tenth the loss fell only {wdrop:.1%}")
+    elif stalled and not late_fires:
+        notes.append(f"after its first tenth the loss {'fell only' if wdrop >= 0 else 'rose'} {abs(wdrop):.1%}")
+    if late_fires and late is not None:
+        notes.append(f"the smoothed loss fell to {fmt(late[3])} (step {late[1]}), then climbed back to {fmt(late[4])} "
+                     f"(step {late[2]}, {fmt(late[0])}x its best)")
     if clip_heavy:
         notes.append(f"gradients clipped at {clip['clip_rate']:.0%} of steps (median pre-clip norm "
                      f"{fmt(clip['preclip_norm'])} vs max_norm {fmt(clip['max_norm'])})")
     warm = ""
     if len(trace) >= 2 and float(trace.iloc[0]) < 0.5 * float(trace.max()):
         warm = f"; LR warms up from {fmt(float(trace.iloc[0]))} to a peak of {fmt(float(trace.max()))}"
-    if ratio_fires:
+    if late_fires:
+        head = (f"median update ratio ||dW||/||W|| {fmt(med)} > {fmt(float(ctx.p('ratio_blowup')))} (10x the healthy "
+                f"~1e-3) over the {which} ({int(used.index[0])}-{int(used.index[-1])})")
+        steps = (int(used.index[0]), int(late[2])) if late is not None else None
+    elif ratio_fires:
         head = (f"median update ratio ||dW||/||W|| {fmt(med)} > {fmt(thr if med <= extreme else extreme)} per step "
                 f"over the {which} ({int(used.index[0])}-{int(used.index[-1])})")
         steps = (int(used.index[0]), int(used.index[-1]))
