@@ -13,7 +13,7 @@ from torch import nn
 from trainscope.probe import stats as st
 from trainscope.probe.buffer import RunBuffer
 from trainscope.probe.guard import HookGuard
-from trainscope.probe.util import first_tensor
+from trainscope.probe.util import first_tensor, module_type
 
 
 class ActivationHooks:
@@ -22,7 +22,7 @@ class ActivationHooks:
         self.buffer = buffer
         self.guard = guard
         self.note = note  # ForwardTrace.note(what, name, type): the first forward's execution order
-        self.leaves = [(n, m, type(m).__name__) for n, m in model.named_modules()
+        self.leaves = [(n, m, module_type(m)) for n, m in model.named_modules()
                        if n and not any(True for _ in m.children())]
         self.weight_leaves = weight_leaves
         self.handles: list[Any] = []

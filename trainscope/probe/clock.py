@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
+from trainscope.probe import sharded
 from trainscope.probe.guard import HookGuard
 
 
@@ -87,6 +88,10 @@ class StepClock:
         self._open: tuple | None = None  # no optimizer: the step whose statistics a later backward may redo
         self.forced: set[int] = set()  # steps recorded in full because of an anomaly (anomaly.py)
         self.begun = -1  # the latest step whose step_begin ran (its statistics are taken)
+        self.sentinel_owner: Any = None  # the module holding the sentinel (set by the probe)
+        # FSDP2: whether the sentinel's .grad was reset, read before this backward reached it (None:
+        # LoopFacts reads the sentinel at its hook, as usual)
+        self.grad_was_reset: Any = None
 
     def install(self) -> None:
         """Hook the optimizer (if any) and the sentinel. An optimizer that cannot be hooked (no
@@ -97,7 +102,30 @@ class StepClock:
             self.handles.append(self.optimizer.register_step_post_hook(
                 self.guard.wrap("step_post", self._on_step_post)))
         if self.sentinel is not None:
-            self.handles.append(self.sentinel.register_hook(self.guard.wrap("grad_sentinel", self._on_sentinel_grad)))
+            self.handles.append(self._hook_sentinel())
+
+    def _hook_sentinel(self) -> Any:
+        p, hook = self.sentinel, self.guard.wrap("grad_sentinel", self._on_sentinel_grad)
+        if sharded.is_dtensor(p):
+            # FSDP2 never runs autograd on the sharded parameter (the gradient arrives by reduce-scatter),
+            # so a tensor hook would not fire; FSDP2 calls the post-accumulate hooks instead. By then .grad
+            # holds the new gradient, so whether it had been reset is read earlier: when the backward
+            # reaches the output of the sentinel's module (a hook on that output tensor).
+            if self.sentinel_owner is not None:
+                self.handles.append(self.sentinel_owner.register_forward_hook(
+                    self.guard.wrap("grad_reset_sharded", self._watch_owner_output)))
+            return p.register_post_accumulate_grad_hook(lambda q: hook(q.grad))
+        return p.register_hook(hook)
+
+    def _watch_owner_output(self, module: Any, args: Any, output: Any) -> None:
+        out = output if isinstance(output, Tensor) else next(
+            (t for t in (output if isinstance(output, (tuple, list)) else ()) if isinstance(t, Tensor)), None)
+        if out is not None and out.requires_grad:
+            out.register_hook(self.guard.wrap("grad_reset_sharded", self._before_sentinel_grad))
+
+    def _before_sentinel_grad(self, grad: Tensor) -> None:
+        g = self.sentinel.grad if self.sentinel is not None else None
+        self.grad_was_reset = 1.0 if g is None else (sharded.local(g) == 0).all()
 
     def drop_optimizer(self) -> None:
         """Fall back to counting backwards (the optimizer could not be hooked)."""
@@ -106,7 +134,7 @@ class StepClock:
         self.handles = []
         self.optimizer = None
         if self.sentinel is not None:
-            self.handles.append(self.sentinel.register_hook(self.guard.wrap("grad_sentinel", self._on_sentinel_grad)))
+            self.handles.append(self._hook_sentinel())
 
     def mark_step(self) -> None:
         """`probe.step()`: one step is over. Its statistics are those taken at the end of its last
@@ -196,7 +224,7 @@ class StepClock:
             return
         if int(getattr(p, "_version", -1)) != self._sentinel_version or (
                 p.device.type == "cpu" and self._sentinel_copy is not None
-                and not torch.equal(self._sentinel_copy, p.detach())):
+                and not torch.equal(self._sentinel_copy, sharded.local(p).detach())):
             self._open = None
             self.step_end()
 
@@ -206,6 +234,7 @@ class StepClock:
         if p is None:
             return False
         version = int(getattr(p, "_version", -1))
+        p = sharded.local(p)  # a DTensor's own shard: comparing DTensors would be a collective
         prev, self._sentinel_version = self._sentinel_version, version
         if prev is None:
             if p.device.type == "cpu":

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 
 from trainscope.families import ACTIVATION_MODULES, RELU_FAMILY, XAVIER_FAMILY  # noqa: F401 (re-exported)
+from trainscope.probe import sharded
+from trainscope.probe.util import module_type
 
 # Functional calls seen during the first forward (F.relu, torch.tanh, Tensor.sigmoid, ...)
 FUNCTIONAL_ACTIVATIONS = {n for n in RELU_FAMILY | XAVIER_FAMILY if n != "linear"} | {"relu_", "sigmoid_", "tanh_"}
@@ -82,14 +84,14 @@ def snapshot_weights(model: nn.Module) -> list[WeightSnapshot]:
         w = getattr(module, "weight", None)
         if not isinstance(w, torch.Tensor) or w.dim() < 2 or isinstance(module, nn.Embedding):
             continue
-        if is_norm(type(module).__name__):
+        if is_norm(module_type(module)):
             continue
         entries.append((name, module, w))
     if not entries:
         return []
     stats = []
     for _, _, w in entries:
-        x = w.detach().float().reshape(-1)
+        x = sharded.local(w).detach().float().reshape(-1)  # FSDP2: the rank's rows of the weight
         var, mean = torch.var_mean(x)
         z = (x - mean) / var.clamp_min(1e-30).sqrt()
         stats.append(torch.stack([var, mean, (z**4).mean() - 3.0]))
@@ -97,7 +99,7 @@ def snapshot_weights(model: nn.Module) -> list[WeightSnapshot]:
     out = []
     for (name, module, w), (var, mean, kurt) in zip(entries, host):
         fi, fo = fans(w)
-        out.append(WeightSnapshot(name, f"{name}.weight" if name else "weight", type(module).__name__,
+        out.append(WeightSnapshot(name, f"{name}.weight" if name else "weight", module_type(module),
                                   fi, fo, var, mean, kurt))
     return out
 

@@ -13,6 +13,7 @@ from torch import Tensor
 
 from trainscope.probe.buffer import RunBuffer, ScalarRow
 from trainscope.probe.clock import Collector, StepClock
+from trainscope.probe.util import module_type
 from trainscope.store import schema
 
 
@@ -31,7 +32,7 @@ class LoopFacts(Collector):
         self._loop: list[tuple] = []  # one tuple per step, see on_step_begin
         self.last_row: tuple | None = None  # the latest of them (live findings read it)
         buffer.scalar_sources.append(self._expand)
-        types = [type(m).__name__ for m in model.modules()] if model is not None else []
+        types = [module_type(m) for m in model.modules()] if model is not None else []
         self._has_dropout = any(t.startswith(("Dropout", "AlphaDropout", "FeatureAlphaDropout")) for t in types)
         self._has_batchnorm = any(t.startswith(("BatchNorm", "SyncBatchNorm")) for t in types)
         self._eval_training: bool | None = None  # training flag of the latest grad-disabled forward
@@ -61,6 +62,9 @@ class LoopFacts(Collector):
         if self._check_reset:
             self._check_reset = False
             if self.clock.accumulating:  # no update since the last backward: accumulation, not stale .grad
+                return
+            if self.clock.grad_was_reset is not None:  # FSDP2: read before the gradient arrived (clock.py)
+                self._grad_reset, self.clock.grad_was_reset = self.clock.grad_was_reset, None
                 return
             g = self.clock.sentinel.grad if self.clock.sentinel is not None else None
             # .grad is None (set_to_none) or all zeros once zero_grad ran; anything else is stale.

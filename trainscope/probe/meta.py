@@ -6,7 +6,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from trainscope.probe.util import jsonable
+from trainscope.probe.util import jsonable, module_type
 
 OPTIMIZER_HPARAMS = ("lr", "weight_decay", "momentum", "nesterov", "betas", "eps", "dampening", "amsgrad",
                      "alpha", "centered", "maximize", "foreach", "fused")
@@ -20,11 +20,11 @@ def model_summary(model: nn.Module, order: dict[str, int]) -> dict[str, Any]:
         direct = sum(p.numel() for p in m.parameters(recurse=False))
         is_leaf = not any(True for _ in m.children())
         if n and (is_leaf or direct):
-            modules.append({"name": n, "type": type(m).__name__, "order": order.get(n, -1),
+            modules.append({"name": n, "type": module_type(m), "order": order.get(n, -1),
                             "n_params": int(direct), "training": bool(m.training)})
     modules.sort(key=lambda d: (d["order"] < 0, d["order"]))
     return {
-        "class": type(model).__name__,
+        "class": module_type(model),
         "n_params": int(sum(p.numel() for p in model.parameters())),
         "n_trainable": int(sum(p.numel() for p in model.parameters() if p.requires_grad)),
         "modules": modules,

@@ -10,7 +10,8 @@ those steps (kind `grad_norm`): by default every step, kept as one device vector
 step and added up into global and per-layer norms on the host at flush (`_drain`). Per-layer statistics of recorded steps are raw moments on the device
 (stats.py). The update ratio needs the weights before the step: on recorded steps, small tensors are
 copied whole and large ones only at a fixed random subset of SAMPLED_ELEMENTS elements (drawn once,
-with numpy, so torch's random state is untouched).
+with numpy, so torch's random state is untouched). Sharded (FSDP2 / DTensor) parameters are measured
+on the rank's local shard, on the per-layer path, and merged across ranks at load time (sharded.py).
 """
 from __future__ import annotations
 
@@ -22,10 +23,11 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from trainscope.probe import clipping, host
+from trainscope.probe import clipping, host, sharded
 from trainscope.probe import stats as st
 from trainscope.probe.buffer import RunBuffer
 from trainscope.probe.clock import Collector, StepClock
+from trainscope.probe.util import module_type
 from trainscope.store import schema
 
 DENSE_GRAD_NORM_STEPS = 200  # the global grad norm is recorded at every one of the first steps
@@ -44,7 +46,7 @@ def layers_with_params(model: nn.Module) -> list[LayerParams]:
     A tied parameter (GPT-2's embedding = output layer) is listed under each module that holds it;
     the global norm counts it once."""
     return [
-        (n, m, type(m).__name__, [p for p in m.parameters(recurse=False) if p.requires_grad])
+        (n, m, module_type(m), [p for p in m.parameters(recurse=False) if p.requires_grad])
         for n, m in model.named_modules()
         if any(p.requires_grad for p in m.parameters(recurse=False))
     ]
@@ -77,7 +79,7 @@ class _PreClip:
 
 class ParamStats(Collector):
     def __init__(self, layers: list[LayerParams], buffer: RunBuffer, clock: StepClock, *,
-                 grad_norm_every: int, has_optimizer: bool) -> None:
+                 grad_norm_every: int, has_optimizer: bool, world_size: int = 1) -> None:
         self.layers = layers
         self.buffer = buffer
         self.clock = clock
@@ -91,6 +93,14 @@ class ParamStats(Collector):
         self._sample_index: dict[int, Tensor | None] = {}  # id(param) -> fixed elements for the update ratio
         self._rng = np.random.default_rng(20240601)
         self._on_clip = clock.guard.wrap("clip", self._clip_seen)
+        # FSDP2: statistics of the local shards; None (the common case) keeps the hot path unchanged
+        self.sharding = sharded.describe(layers, world_size)
+        self._world = max(1, int(world_size))
+        self._norm_w: dict[int, float] = {}  # id(param) -> weight of its squared norm (HSDP, plain tensors)
+        if self.sharding is not None:
+            ps = list({id(p): p for _, _, _, ps in layers for p in ps}.values())
+            w = sharded.norm_weights(ps, self._world)
+            self._norm_w = {id(p): x for p, x in zip(ps, w)} if w is not None else {}
         # The dense path: each norm step keeps one device vector of per-tensor gradient norms (one fused
         # _foreach_norm and one stack); the global and per-layer norms are finished on the host at flush.
         flat: list[Tensor] = []
@@ -105,7 +115,8 @@ class ParamStats(Collector):
         self._plans: dict[tuple[bool, ...] | None, _Plan] = {}
         # sparse gradients (Embedding(sparse=True)) and complex ones take the per-layer path
         self._fast = bool(flat) and not any(p.is_complex() or p.layout != torch.strided for p in flat) and not any(
-            getattr(m, "sparse", False) is True for _, m, _, _ in layers)
+            getattr(m, "sparse", False) is True for _, m, _, _ in layers) and self.sharding is None
+        # (sharded parameters take the per-layer path, which reads their local shards)
         self._dense: list[tuple[int, float, float, Tensor, _Plan]] = []  # (step, epoch, time, norms, plan)
         self.last_norm: tuple[int, float] | None = None  # (step, global norm) read on the host (CPU only)
         self.anomaly: Any = None  # anomaly.AnomalyCapture, set by the probe: told every step's global norm
@@ -125,8 +136,13 @@ class ParamStats(Collector):
         for name, _, typ, params in self.layers:
             ps = [p for p in params if p.grad is not None]
             if ps:
-                out.append((name, typ, ps, [p.grad for p in ps]))
+                gs = [p.grad for p in ps] if self.sharding is None else [sharded.local(p.grad) for p in ps]
+                out.append((name, typ, ps, gs))
         return out
+
+    def _values(self, ps: list[Tensor]) -> list[Tensor]:
+        """The tensors statistics are taken on: the local shards of sharded parameters."""
+        return ps if self.sharding is None else [sharded.local(p) for p in ps]
 
     def _norms(self, layers: list[LayerGrads]) -> tuple[Tensor, list[tuple[str, str, Tensor, int]]]:
         """Global norm (a tied parameter once) and each layer's per-tensor norms, from one fused call."""
@@ -149,6 +165,14 @@ class ParamStats(Collector):
                     m.append(where[id(p)])
                 members.append(m)
         gn, per_device = st.tensor_norms(grads)
+        if self._norm_w:  # a rank's share of the global norm: replicated tensors count 1/replicas
+            ids = [None] * len(grads)
+            for (_, _, ps, _), m in zip(layers, members):
+                for p, i in zip(ps, m):
+                    ids[i] = id(p)
+            w = torch.tensor([self._norm_w.get(i, 1.0) for i in ids], dtype=torch.float32)
+            parts = [(w[idx].to(vec.device) * vec * vec).sum() for vec, idx in per_device]
+            gn = torch.stack([q.to(parts[0].device) for q in parts]).sum().sqrt()
         if len(per_device) == 1:
             vec = per_device[0][0]
             at = {i: (vec, i) for i in range(len(grads))}
@@ -263,9 +287,9 @@ class ParamStats(Collector):
 
     def _sample(self, p: Tensor) -> Tensor | None:
         """The fixed elements of a large tensor used for its update ratio (None: use all)."""
-        key = id(p)
+        key = id(p)  # the parameter itself: a shard's local view is a new object at each call
         if key not in self._sample_index:
-            n = p.numel()
+            n = sharded.local(p).numel()
             idx = None
             if n > EXACT_UPDATE_NUMEL:
                 host = np.sort(self._rng.integers(0, n, SAMPLED_ELEMENTS))
@@ -277,7 +301,7 @@ class ParamStats(Collector):
         out = []
         for p in ps:
             idx = self._sample(p)
-            flat = p.detach().reshape(-1)
+            flat = sharded.local(p).detach().reshape(-1)
             out.append((flat.index_select(0, idx) if idx is not None else flat.clone(), idx))
         return out
 
@@ -287,6 +311,8 @@ class ParamStats(Collector):
 
     def _clip_seen(self, max_norm: Any, total_norm: Tensor | None) -> None:
         pre = self._pre
+        if self.sharding is not None and total_norm is not None:
+            total_norm = sharded.replicated_value(total_norm)  # clip_grad_norm_ on DTensors: the full norm
         if not self.has_optimizer:
             # Without an optimizer the step's statistics were read at its backward end, pre-clip already;
             # the step is still open (it ends at the update, probe.step() or the next backward).
@@ -327,7 +353,10 @@ class ParamStats(Collector):
             buf.scalar((s, schema.LOOP_CLIPPED, clipping.clip_active(total_norm, max_norm), epoch, now))
             if clipped:  # what clip_grad_norm_ leaves: total * min(1, max_norm / (total + 1e-6))
                 coef = torch.clamp(max_norm / (total_norm.detach().float() + 1e-6), max=1.0)
-                buf.scalar((s, schema.GRAD_NORM_CLIPPED, total_norm.detach().float() * coef, epoch, now))
+                value = total_norm.detach().float() * coef
+                if self.sharding is not None:  # the full norm, written as this rank's share (sharded.py)
+                    value = sharded.partial_of_replicated(value, self._world)
+                buf.scalar((s, schema.GRAD_NORM_CLIPPED, value, epoch, now))
 
     # -------------------------------------------------------------- step boundaries
     def on_step_begin(self, step: int, record: bool) -> None:
@@ -373,7 +402,7 @@ class ParamStats(Collector):
             for name, typ, ps, gs in layers:
                 raw = grad_raw.get(name)
                 buf.layers.append((s, name, "grad", typ, *(raw if raw is not None else st.raw_moments(gs))))
-                buf.layers.append((s, name, "weight", typ, *st.raw_moments(ps)))
+                buf.layers.append((s, name, "weight", typ, *st.raw_moments(self._values(ps))))
                 if self.has_optimizer:
                     self._snapshots[name] = (ps, self._snapshot(ps))
             buf.pending_rows += 2 * len(layers)
@@ -399,6 +428,7 @@ class ParamStats(Collector):
             snap = self._snapshots.get(name)
             if snap is not None:
                 params, before = snap  # the parameters that had a gradient, and their values before the step
+                params = self._values(params)
                 numel = sum(p.numel() for p in params)
                 raw = st.raw_update_sampled([b for b, _ in before], params, [i for _, i in before])
                 self.buffer.layers.append((step, name, "update", typ, raw, numel))

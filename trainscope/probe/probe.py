@@ -47,7 +47,7 @@ from trainscope.probe.timing import Timing
 from trainscope.probe.trace import ForwardTrace
 from trainscope.probe.tracking import Tracking
 from trainscope.probe.util import default_run_dir, dist_rank_world, first_input, first_tensor, jsonable, rank_known
-from trainscope.probe.util import unwrap, unwrap_optimizer
+from trainscope.probe.util import module_type, unwrap, unwrap_optimizer
 from trainscope.probe.wiring import ForeignWeights, ParameterStatus
 from trainscope.store.writer import RunWriter, new_meta
 
@@ -91,7 +91,7 @@ class Probe:
         # rank later: its writer (which locks the rank's files) is created at first use.
         self._rank_known = rank_known() or multiprocessing.parent_process() is None
         if run_dir is None:
-            run_dir = default_run_dir(type(self.model).__name__)  # always inside ./runs
+            run_dir = default_run_dir(module_type(self.model))  # always inside ./runs
         self.run_dir = Path(run_dir)
         self.writer: Any = (RunWriter(self.run_dir, rank=self.rank, resume=resume) if self._rank_known
                             else DeferredWriter(resume))
@@ -106,9 +106,11 @@ class Probe:
         self.clock = StepClock(self.guard, every=self.every, optimizer=optimizer,
                                sentinel=pick_sentinel([p for _, _, _, ps in layers for p in ps]))
         self.clock.now = self.buffer.now
+        self.clock.sentinel_owner = next((m for _, m, _, ps in layers if any(p is self.clock.sentinel for p in ps)),
+                                         None)
         self.clock.step = self.clock.fwd_step = self.writer.start_step  # resume=True: continue the steps
         self.params = ParamStats(layers, self.buffer, self.clock, grad_norm_every=max(1, int(grad_norm_every)),
-                                 has_optimizer=optimizer is not None)
+                                 has_optimizer=optimizer is not None, world_size=self.world_size)
         self.anomaly = AnomalyCapture(self.buffer, self.clock)  # loss / grad-norm jumps: record those steps
         self.params.anomaly = self.anomaly
         self.loop = LoopFacts(self.buffer, self.clock, optimizer=optimizer, scheduler=scheduler, model=self.model)
@@ -131,7 +133,7 @@ class Probe:
             weights = {n for n, _, _, _ in layers}
             for n, m in self.model.named_modules():
                 if n and not any(True for _ in m.children()):
-                    self.trace.note("weight" if n in weights else "module", n, type(m).__name__)
+                    self.trace.note("weight" if n in weights else "module", n, module_type(m))
         self.buffer.meta_fn = self._write_meta
         self.tracking = Tracking(notes, self.world_size, self.rank, self.model)  # git, data, env, seeds
         self.tracking.install(criterion)
@@ -147,6 +149,8 @@ class Probe:
             compiled=self.compiled,
             config=jsonable(config or {}),
         )
+        if self.params.sharding is not None:  # FSDP2: the rows are per shard; load_run merges them
+            self._meta["sharding"] = self.params.sharding
         self.live = LiveFindings(self.buffer, self.clock, on_finding=on_finding, stop=self._stop, loop=self.loop,
                                  run_dir=str(self.run_dir))
         self.loss_fallback = ModelLoss(self.buffer, self.clock)

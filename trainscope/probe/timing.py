@@ -31,6 +31,7 @@ from torch import nn
 
 from trainscope.probe.buffer import RunBuffer, ScalarRow
 from trainscope.probe.clock import Collector, StepClock
+from trainscope.probe.util import module_type
 
 DATA, FORWARD, BACKWARD, OPTIMIZER, STEP = "time/data", "time/forward", "time/backward", "time/optimizer", "time/step"
 GPU_CAUGHT_UP = "time/gpu_caught_up"
@@ -72,7 +73,7 @@ def perf_facts(model: nn.Module, x: Any) -> dict[str, Any]:
         elif isinstance(m, nn.modules.conv._ConvNd):
             dims = (m.in_channels, m.out_channels)
         if dims and any(d % 8 for d in dims):
-            odd.append({"layer": name, "type": type(m).__name__, "dims": list(dims)})
+            odd.append({"layer": name, "type": module_type(m), "dims": list(dims)})
     facts["dims_not_multiple_of_8"] = odd[:32]
     facts["n_layers_with_dims"] = sum(1 for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd)))
     return facts

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from trainscope.probe.util import module_type
+
 FINGERPRINT_BATCHES = 4
 HASH_ELEMENTS = 4096
 
@@ -152,8 +154,8 @@ def module_hparams(model: torch.nn.Module | None) -> dict[str, Any]:
         if isinstance(m, torch.nn.modules.dropout._DropoutNd):
             dropout[name] = float(m.p)
         elif isinstance(m, (torch.nn.modules.batchnorm._NormBase, torch.nn.LayerNorm, torch.nn.GroupNorm)) or \
-                type(m).__name__.endswith(("RMSNorm", "LayerNorm")):
-            norms[name] = type(m).__name__
+                module_type(m).endswith(("RMSNorm", "LayerNorm")):
+            norms[name] = module_type(m)
     return {"dropout": dropout, "norm_layers": norms}
 
 

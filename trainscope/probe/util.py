@@ -46,6 +46,16 @@ def first_tensor(x: Any) -> Tensor | None:
     return None
 
 
+def module_type(m: nn.Module) -> str:
+    """The module's class name; for a module FSDP2's `fully_shard` re-classed (FSDPLinear, a subclass of
+    FSDPModule and Linear) the original one, so rules see "Linear" either way."""
+    cls = type(m)
+    bases = cls.__bases__
+    if len(bases) == 2 and bases[0].__name__ == "FSDPModule" and cls.__name__ == "FSDP" + bases[1].__name__:
+        return bases[1].__name__
+    return cls.__name__
+
+
 def unwrap(model: nn.Module) -> tuple[nn.Module, bool]:
     """The module whose submodules we hook: inside DDP/DataParallel and torch.compile wrappers."""
     compiled = False

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from trainscope.probe import sharded
 from trainscope.probe import stats as st
 from trainscope.probe.buffer import RunBuffer
 from trainscope.probe.clock import Collector, StepClock
@@ -34,7 +35,7 @@ WEIGHT_OPS = {"linear", "bilinear", "conv1d", "conv2d", "conv3d", "conv_transpos
 
 def fingerprint(p: Tensor) -> Tensor:
     """A strided sample of the elements and their sum (float32, on p's device)."""
-    flat = st.values_of(p).reshape(-1)  # complex: magnitudes (no casting warning)
+    flat = st.values_of(sharded.local(p)).reshape(-1)  # complex: magnitudes; FSDP2: the rank's shard
     if flat.numel() == 0:
         return torch.zeros(FINGERPRINT_SAMPLES + 1, device=p.device)
     stride = max(1, flat.numel() // FINGERPRINT_SAMPLES)
@@ -67,7 +68,9 @@ class ParameterStatus(Collector):
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         self.names = [n for n, _ in named]
         self.params = [p for _, p in named]
-        self._fingerprints = [fingerprint(p) if p.device.type != "meta" else None for p in self.params]
+        # a rank holding no element of a shard cannot see it change
+        self._fingerprints = [fingerprint(p) if p.device.type != "meta" and sharded.local(p).numel() else None
+                              for p in self.params]
         self._seen_grad: set[int] = set()
         self._nonzero: set[int] = set()
         self._pending: list[tuple[list[int], list[Tensor]]] = []  # (param indices, their grad norms on device)
@@ -78,13 +81,14 @@ class ParameterStatus(Collector):
         if not idx:
             return
         self._seen_grad.update(idx)
-        grads = [self.params[i].grad for i in idx]
+        grads = [sharded.local(self.params[i].grad) for i in idx]
         dense = [i for i, g in zip(idx, grads) if not g.is_sparse]
         for i, g in zip(idx, grads):
             if g.is_sparse:  # rare; a sparse gradient with stored values counts as nonzero
                 self._nonzero.add(i) if g._nnz() else None
         if dense:
-            self._pending.append((dense, [n.float() for n in torch._foreach_norm([self.params[i].grad for i in dense])]))
+            self._pending.append((dense, [n.float() for n in torch._foreach_norm(
+                [sharded.local(self.params[i].grad) for i in dense])]))
 
     def on_step_begin(self, step: int, record: bool) -> None:
         if step <= STATUS_AFTER_STEP or (record and step % OBSERVE_EVERY == 0):
@@ -129,7 +133,9 @@ class ForeignWeights:
 
     def __init__(self, model: nn.Module, buffer: RunBuffer) -> None:
         self.buffer = buffer
+        self.model: nn.Module | None = model
         self.model_ids = {id(p) for p in model.parameters()}
+        self.sharded = any(sharded.is_dtensor(p) for p in model.parameters())
         self._ops: dict[str, dict[int, list[int]]] = defaultdict(dict)  # op -> tensor id -> shape
         self._calls: dict[str, int] = defaultdict(int)
 
@@ -141,10 +147,19 @@ class ForeignWeights:
         found = False
         for t in operands:
             if isinstance(t, Tensor) and t.requires_grad and t.is_leaf and id(t) not in self.model_ids:
+                if self._registered_now(t):
+                    continue
                 self._ops[name].setdefault(id(t), list(t.shape))
                 found = True
         if found:
             self._calls[name] += 1
+
+    def _registered_now(self, t: Tensor) -> bool:
+        """FSDP2 swaps each module's sharded parameters for full ones during its forward: a tensor
+        registered in the model at this moment is a parameter, not a foreign weight."""
+        if self.model is None or not self.sharded:
+            return False
+        return any(q is t for q in self.model.parameters())
 
     def write(self, step: int) -> None:
         for op, tensors in self._ops.items():

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from trainscope.errors import TrainscopeError
-from trainscope.store import schema
+from trainscope.store import schema, shards
 from trainscope.store.run import Run, empty_frame
 from trainscope.store.writer import meta_filename, parse_chunk_name, read_json_file
 
@@ -340,6 +340,9 @@ def load_run(path: str | os.PathLike[str], attempt: int | None = None, skip_corr
         if not _sorted_by_step_rank(tables[t]):  # chunks are written in step order: usually sorted already
             tables[t] = tables[t].sort_values(["step", "rank"], kind="stable")
         tables[t] = tables[t].reset_index(drop=True)
+    # FSDP2: each rank recorded its shards; give every rank's row the full tensor's statistics
+    tables[schema.SCALARS], tables[schema.LAYERS] = shards.merge(meta, tables[schema.SCALARS],
+                                                                 tables[schema.LAYERS], notes)
     if all(tables[t].empty for t in (schema.SCALARS, schema.LAYERS, schema.EVENTS)):
         more = (f"; earlier attempt(s) {', '.join(str(a) for a in sorted(attempts) if a != attempt)} "
                 "hold data (--attempt N)") if len(attempts) > 1 else ""
