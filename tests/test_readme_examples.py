@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 NEEDS = {"transformers": "transformers", "lightning": "lightning", "accelerate": "accelerate"}
 RUN_DIRS = {"plain": "runs/plain", "transformers": "out/hf/trainscope", "lightning": "runs/lightning",
-            "accelerate": "runs/accelerate", "ddp": "runs/ddp"}
+            "accelerate": "runs/accelerate", "ddp": "runs/ddp", "fsdp": "runs/fsdp"}
 
 
 def examples() -> dict[str, str]:
@@ -59,16 +59,23 @@ def _torchrun() -> str | None:
 @pytest.mark.slow  # two fresh interpreters importing torch: ~25 s on a busy 2-core machine
 @pytest.mark.skipif(not os.environ.get("TRAINSCOPE_SLOW"), reason="set TRAINSCOPE_SLOW=1 (about 25 s)")
 @pytest.mark.skipif(_torchrun() is None, reason="torchrun not installed")
-def test_readme_ddp_example_under_torchrun(tmp_path):
+@pytest.mark.parametrize("name", ["ddp", "fsdp"])
+def test_readme_distributed_example_under_torchrun(tmp_path, name):
     import socket
 
+    if name == "fsdp" and not hasattr(pytest.importorskip("torch.distributed.fsdp"), "fully_shard"):
+        pytest.skip("this torch has no torch.distributed.fsdp.fully_shard (FSDP2)")
     script = tmp_path / "train.py"
-    script.write_text(examples()["ddp"])
+    script.write_text(examples()[name])
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     res = subprocess.run([_torchrun(), "--nproc_per_node=2", f"--master_port={port}", str(script)], cwd=tmp_path,
                          env=_env(), capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
-    run = trainscope.load_run(tmp_path / RUN_DIRS["ddp"])
+    run = trainscope.load_run(tmp_path / RUN_DIRS[name])
     assert set(run.meta["ranks"]) == {"0", "1"} and sorted(run.scalars["rank"].unique()) == [0, 1]
+    if name == "fsdp":  # merged: both ranks' rows hold the full model's norms
+        gn = run.scalars[run.scalars.name == "grad_norm"].pivot_table(index="step", columns="rank", values="value")
+        assert len(gn) == 8 and (gn[0] == gn[1]).all() and "sharding" in run.meta
+        trainscope.diagnose(run)
