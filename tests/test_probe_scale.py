@@ -138,3 +138,101 @@ def test_anomaly_capture_nan_loss_and_budget(tmp_path):
     assert caps[0][1]["steps"] == [40, 41, 42]
     kinds = {int(s): set(k) for s, k in run.layers.groupby("step").kind}
     assert {"grad", "weight", "update"} <= kinds[40] and kinds[43] == {"grad_norm"}
+
+
+def _tiny(seed: int = 0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    return model, torch.optim.SGD(model.parameters(), lr=0.01), torch.randn(8, 3), torch.randint(0, 2, (8,))
+
+
+def test_regular_flushes_write_on_a_background_thread_and_lose_nothing(tmp_path, monkeypatch):
+    """The training thread hands rows over; the Parquet writes of the regular flushes run on the writer
+    thread, a slow write never blocks a step (rows keep buffering meanwhile), and close() writes all."""
+    import threading
+    import time as _time
+
+    from trainscope.store.writer import RunWriter
+
+    threads: list[str] = []
+    append = RunWriter.append
+
+    def slow_append(self, table, columns):
+        threads.append(threading.current_thread().name)
+        if threading.current_thread().name == "trainscope-flush":
+            _time.sleep(0.02)  # a slow disk
+        return append(self, table, columns)
+
+    monkeypatch.setattr(RunWriter, "append", slow_append)
+    model, opt, x, y = _tiny()
+    step_times = []
+    with trainscope.watch(model, tmp_path / "r", optimizer=opt, flush_seconds=0.0, flush_rows=1) as probe:
+        for step in range(60):
+            t = _time.perf_counter()
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            probe.log(marker=float(step))
+            step_times.append(_time.perf_counter() - t)
+    assert "trainscope-flush" in threads  # the regular flushes were written by the writer thread
+    assert sum(step_times) < 0.5  # steps do not wait for the 20 ms writes (60 x 20 ms if they did)
+    run = trainscope.load_run(tmp_path / "r")
+    markers = run.scalars[run.scalars.name == "marker"]
+    assert sorted(markers.value) == [float(s) for s in range(60)]  # every value once
+    assert list(run.scalar("grad_norm").index) == list(range(60))
+    assert run.meta["status"] == "finished"
+
+
+def test_background_write_errors_are_reported_and_retried(tmp_path, monkeypatch):
+    from trainscope.store.writer import RunWriter
+
+    append = RunWriter.append
+    fails = {"n": 0}
+
+    def flaky(self, table, columns):
+        if table == "scalars" and fails["n"] < 2:
+            fails["n"] += 1
+            raise OSError(28, "No space left on device")
+        return append(self, table, columns)
+
+    monkeypatch.setattr(RunWriter, "append", flaky)
+    model, opt, x, y = _tiny()
+    with pytest.warns(RuntimeWarning, match=r"could not write the run store \(scalars: OSError.*retrying"):
+        with trainscope.watch(model, tmp_path / "r", optimizer=opt, flush_seconds=0.0, flush_rows=1) as probe:
+            for step in range(30):
+                opt.zero_grad()
+                nn.functional.cross_entropy(model(x), y).backward()
+                opt.step()
+                probe.log(marker=float(step))
+                probe.buffer.join()  # one regular flush per step: the first two fail, later ones retry them
+    run = trainscope.load_run(tmp_path / "r")
+    assert fails["n"] == 2
+    assert sorted(run.scalars[run.scalars.name == "marker"].value) == [float(s) for s in range(30)]
+
+
+def test_meta_json_rewritten_only_when_it_changed(tmp_path):
+    model, opt, x, y = _tiny()
+    probe = trainscope.watch(model, tmp_path / "r", optimizer=opt, flush_seconds=0.0, flush_rows=1)
+    writer = probe.writer
+
+    def steps(n):
+        for _ in range(n):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            probe.buffer.join()  # that step's background flush is done: the next step flushes again
+
+    steps(10)  # the first steps change it (layer order, data fingerprint, parameter status, ...)
+    first, flushes = writer.meta_writes, writer._seq
+    steps(30)
+    assert writer._seq >= flushes + 30 and writer.meta_writes == first  # 30 more flushes, no rewrite
+    opt.param_groups[0]["lr"] = 0.5  # the optimizer summary changes: written at the next regular flush
+    steps(3)
+    probe.buffer.join()
+    assert writer.meta_writes == first + 1
+    import json
+
+    meta = json.loads((tmp_path / "r" / "meta.json").read_text())
+    assert meta["optimizer"]["param_groups"][0]["lr"] == 0.5
+    probe.close()
+    assert json.loads((tmp_path / "r" / "meta.json").read_text())["steps"] == 43  # close always writes

@@ -1,4 +1,8 @@
-"""A training process the kill test SIGKILLs mid-run: flushes every step, never closes."""
+"""A training process the kill test SIGKILLs mid-run: flushes every step, never closes.
+
+The regular flushes are written by a background thread, so the script calls probe.flush() (synchronous:
+everything so far is on disk when it returns) before it says "ready"; the kill then lands among the
+background writes of the following steps."""
 import sys
 
 import torch
@@ -21,4 +25,5 @@ while True:
     probe.log(train_loss=loss)
     step += 1
     if step == 20:
+        probe.flush()
         print("ready", flush=True)

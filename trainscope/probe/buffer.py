@@ -16,9 +16,11 @@ from __future__ import annotations
 import json
 import math
 import numbers
+import threading
 import time
 import warnings
 from collections import defaultdict
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -38,6 +40,22 @@ ScalarSource = Callable[[], list[ScalarRow]]
 # A collector that keeps its own device buffer (e.g. the per-step gradient norms) and copies it to the
 # host itself at flush: scalar rows (host values) and layer-table columns (host lists, no "order").
 DenseSource = Callable[[], tuple[list[ScalarRow], list[dict[str, list]]]]
+
+
+# a background write still running: keep buffering (no wait) up to max(BACKLOG_FACTOR x flush_rows, BACKLOG_ROWS)
+BACKLOG_FACTOR = 4
+BACKLOG_ROWS = 100_000
+
+
+@dataclass
+class _Job:
+    """One flush's rows, taken from the training thread: device values already on the host."""
+
+    scalars: list
+    layers: list
+    dense_layers: list
+    events: list
+    appends: list
 
 
 class RunBuffer:
@@ -61,11 +79,14 @@ class RunBuffer:
         self.scalar_sources: list[ScalarSource] = []  # drained at flush, before the logged values
         self.dense_sources: list[DenseSource] = []  # drained at flush, first
         self.order: dict[str, int] = {}  # forward order of the layers, filled after the first forward
-        self.meta_fn: Callable[[str | None], None] = lambda status: None  # writes meta.json after a flush
+        # writes meta.json after a flush: (final status or None, force: write even if unchanged)
+        self.meta_fn: Callable[[str | None, bool], None] = lambda status, force: None
         # host rows waiting for their chunk: table -> [{column: list}, ...]; released after the write
         self.staged: dict[str, list[dict[str, list]]] = {t: [] for t in schema.TABLES}
         self.max_staged_rows = max(1_000_000, 10 * int(min(flush_rows, 10**8)))
         self.dropped: dict[str, str] = {}  # probe.log names dropped at least once -> why
+        self._appends: list[tuple[str, dict[str, list]]] = []  # host rows handed in since the last flush
+        self._thread: threading.Thread | None = None  # the background write in progress
         self.write_failures = 0  # flushes in a row whose write failed
 
     # -------------------------------------------------------------- appending (no host sync)
@@ -108,22 +129,55 @@ class RunBuffer:
 
     def append(self, table: str, columns: dict[str, list]) -> None:
         """Rows already on the host (e.g. the init table): written at the next flush."""
-        self.staged[table].append({k: list(v) for k, v in columns.items()})
+        self._appends.append((table, {k: list(v) for k, v in columns.items()}))
 
     def due(self) -> bool:
-        return self.pending_rows >= self.flush_rows or time.monotonic() - self.last_flush >= self.flush_seconds
+        if not (self.pending_rows >= self.flush_rows or time.monotonic() - self.last_flush >= self.flush_seconds):
+            return False
+        # the previous background write still runs: keep buffering (never wait for it), up to a hard cap
+        return not self.writing() or self.pending_rows >= max(BACKLOG_FACTOR * self.flush_rows, BACKLOG_ROWS)
+
+    def writing(self) -> bool:
+        """A background write is in progress."""
+        t = self._thread
+        return t is not None and t.is_alive()
 
     # -------------------------------------------------------------- flushing
-    def flush(self, final_status: str | None = None) -> None:
-        """Stage everything buffered as host rows, then write each table's staged rows as one chunk.
+    def flush(self, final_status: str | None = None, background: bool = False) -> None:
+        """Copy everything buffered to the host, then write each table's staged rows as one chunk.
+
+        On the training thread only the device-to-host copy happens (one per device); converting the rows,
+        the Parquet writes and meta.json run on a background thread when `background` (the probe's regular
+        flushes), else here, after any background write has finished (probe.flush(), close(), atexit).
         Rows are released only after their chunk is in place; a failed write is retried next time."""
         self.last_flush = time.monotonic()
-        self._stage()
-        failed = self._write_staged()
+        job = self._collect()
+        self.join()
+        if background:
+            t = threading.Thread(target=self._write_job, args=(job, None, False), name="trainscope-flush",
+                                 daemon=True)  # daemon: a script that exits without close() still reaches atexit
+            self._thread = t
+            t.start()
+        else:
+            self._write_job(job, final_status, True)
+
+    def join(self) -> None:
+        """Wait for the background write in progress (if any)."""
+        t = self._thread
+        if t is not None:
+            t.join()
+            self._thread = None
+
+    def _write_job(self, job: "_Job", final_status: str | None, force_meta: bool) -> None:
         try:
-            self.meta_fn(final_status)
-        except Exception as e:  # noqa: BLE001 - meta.json is rewritten at the next flush
-            failed = failed or f"meta.json: {type(e).__name__}: {e}"
+            self._stage(job)
+            failed = self._write_staged()
+            try:
+                self.meta_fn(final_status, force_meta)
+            except Exception as e:  # noqa: BLE001 - meta.json is rewritten at the next flush
+                failed = failed or f"meta.json: {type(e).__name__}: {e}"
+        except Exception as e:  # noqa: BLE001 - never raise into the training (nor die silently in the thread)
+            failed = f"{type(e).__name__}: {e}"
         if failed:
             self.write_failures += 1
             if self.write_failures == 1 or final_status is not None:
@@ -135,7 +189,9 @@ class RunBuffer:
         else:
             self.write_failures = 0
 
-    def _stage(self) -> None:
+    def _collect(self) -> "_Job":
+        """On the training thread: take every buffered row and copy device values to the host (CPU tensors
+        are read later, on the writing thread)."""
         dense_layers: list[dict[str, list]] = []
         dense_scalars: list[ScalarRow] = []
         for dense in self.dense_sources:
@@ -152,10 +208,20 @@ class RunBuffer:
             scalars = scalars + source()
         scalars = scalars + self._expand_logged()
         layers, self.layers = self.layers, []
+        events, self.events = self.events, []
+        appends, self._appends = self._appends, []
         self.pending_rows = 0
+        scalars = _device_values_to_host(scalars, 2, to_host, self._lost)
+        layers = _device_values_to_host(layers, 4, raw_to_host, self._lost)
+        return _Job(scalars, layers, dense_layers, events, appends)
+
+    def _stage(self, job: "_Job") -> None:
+        for table, cols in job.appends:
+            self.staged[table].append(cols)
+        scalars, layers, events = job.scalars, job.layers, list(job.events)
         if scalars:
             values, scalars = _host_rows(scalars, lambda rows: to_host([r[2] for r in rows]), self._lost)
-            self._nonfinite_from_scalars(scalars, values)
+            events += self._nonfinite_from_scalars(scalars, values)
             self.staged[schema.SCALARS].append({
                 "step": [r[0] for r in scalars], "name": [r[1] for r in scalars], "value": values,
                 "epoch": [r[3] for r in scalars], "time": [r[4] for r in scalars]})
@@ -170,13 +236,12 @@ class RunBuffer:
                     "module_type": [r[3] for r in layers], "order": [self.order.get(r[1], -1) for r in layers]}
                 for i, stat in enumerate(schema.LAYER_STATS):
                     cols[stat] = [row[i] for row in mats]
-                self._nonfinite_from_layers(cols)
+                events += self._nonfinite_from_layers(cols)
                 self.staged[schema.LAYERS].append(cols)
-        for cols in dense_layers:
+        for cols in job.dense_layers:
             if cols.get("layer"):
                 cols["order"] = [self.order.get(n, -1) for n in cols["layer"]]
                 self.staged[schema.LAYERS].append(cols)
-        events, self.events = self.events, []
         if events:
             self.staged[schema.EVENTS].append({
                 "step": [e[0] for e in events], "kind": [e[1] for e in events], "layer": [e[2] for e in events],
@@ -231,7 +296,9 @@ class RunBuffer:
                 rows.append((s, key, v, epoch, now))
         return rows
 
-    def _nonfinite_from_scalars(self, rows: list[ScalarRow], values: list[float]) -> None:
+    def _nonfinite_from_scalars(self, rows: list[ScalarRow], values: list[float]) -> list[tuple]:
+        """`nonfinite` events (returned: written with these rows) for the first NaN/Inf loss and grad norm."""
+        out: list[tuple] = []
         for (step, name, _, _, _), v in zip(rows, values):
             if math.isfinite(v):
                 continue
@@ -239,9 +306,11 @@ class RunBuffer:
             if tensor is None or tensor in self.seen_nonfinite:
                 continue
             self.seen_nonfinite.add(tensor)
-            self.event(step, "nonfinite", "", v, {"tensor": tensor, "metric": name, "value": str(v)})
+            out.append((int(step), "nonfinite", "", float(v), {"tensor": tensor, "metric": name, "value": str(v)}))
+        return out
 
-    def _nonfinite_from_layers(self, cols: dict[str, list]) -> None:
+    def _nonfinite_from_layers(self, cols: dict[str, list]) -> list[tuple]:
+        out: list[tuple] = []
         bad: dict[str, tuple[int, int, str]] = {}
         for i, n in enumerate(cols["nonfinite"]):
             if n and n > 0:
@@ -254,7 +323,8 @@ class RunBuffer:
             if tag in self.seen_nonfinite:
                 continue
             self.seen_nonfinite.add(tag)
-            self.event(step, "nonfinite", layer, float("nan"), {"tensor": kind, "first_layer": layer})
+            out.append((int(step), "nonfinite", layer, float("nan"), {"tensor": kind, "first_layer": layer}))
+        return out
 
 
 def check_value(v: Any) -> Any:
@@ -303,9 +373,41 @@ def _host_rows(rows: list, convert: Callable[[list], list], lost: Callable[[str,
     return values, kept
 
 
+def _device_values_to_host(rows: list, col: int, convert: Callable[[list], list],
+                           lost: Callable[[str, BaseException], None]) -> list:
+    """Rows whose column `col` holds a tensor not on the CPU get that value copied to the host now (one copy
+    per device; a host sync on an accelerator, once per flush); CPU tensors and numbers are left as they are."""
+    idx = [i for i, r in enumerate(rows) if isinstance(r[col], Tensor) and r[col].device.type != "cpu"]
+    if not idx:
+        return rows
+    rows = list(rows)
+    try:
+        host = convert([rows[i][col] for i in idx])
+    except Exception:  # noqa: BLE001 - one by one: leave out only the values that fail
+        host = []
+        for i in idx:
+            try:
+                host.extend(convert([rows[i][col]]))
+            except Exception as e:  # noqa: BLE001
+                lost(f"{rows[i][1]} at step {rows[i][0]}", e)
+                host.append(None)
+    keep = []
+    for i, h in zip(idx, host):
+        r = rows[i]
+        if h is None:
+            keep.append(i)
+            continue
+        rows[i] = r[:col] + (h,) + r[col + 1:]
+    if keep:
+        drop = set(keep)
+        rows = [r for i, r in enumerate(rows) if i not in drop]
+    return rows
+
+
 def to_host(values: list[Any]) -> list[float]:
     """Python floats for a list of floats and 0-d tensors (tensors copied together, once per device)."""
-    out = [v if not isinstance(v, Tensor) else 0.0 for v in values]
+    out = [(float(v.reshape(-1)[0]) if isinstance(v, np.ndarray) else v) if not isinstance(v, Tensor) else 0.0
+           for v in values]
     idx = [i for i, v in enumerate(values) if isinstance(v, Tensor)]
     for i, host in zip(idx, raw_to_host([values[i] for i in idx])):
         out[i] = float(host[0])
@@ -315,9 +417,12 @@ def to_host(values: list[Any]) -> list[float]:
 def raw_to_host(vectors: list[Tensor]) -> list[np.ndarray]:
     """All raw vectors of a flush: concatenated per device, one copy to the host, split again."""
     by_device: dict[torch.device, list[int]] = defaultdict(list)
-    for i, v in enumerate(vectors):
-        by_device[v.device].append(i)
     out: list[np.ndarray] = [np.empty(0)] * len(vectors)
+    for i, v in enumerate(vectors):
+        if isinstance(v, np.ndarray):  # copied to the host already (at the flush, on the training thread)
+            out[i] = v.reshape(-1)
+        else:
+            by_device[v.device].append(i)
     for idx in by_device.values():
         flat = torch.cat([vectors[i].reshape(-1).float() for i in idx]).cpu().numpy()
         offsets = np.cumsum([0] + [vectors[i].numel() for i in idx])

@@ -282,7 +282,7 @@ class Probe:
         self.live.after_step()
         if self.buffer.due() or self.live.wants_flush():
             self._resolve_rank(final=True)
-            self.buffer.flush()
+            self.buffer.flush(background=True)  # the training thread only hands over host rows
             self.timing.restart_wait()  # the probe's own flush is not the loop waiting for data
 
     def _resolve_rank(self, final: bool = False) -> None:
@@ -356,7 +356,8 @@ class Probe:
         self.foreign.on_call(func, args, kwargs)
 
     # ------------------------------------------------------------------ meta.json
-    def _write_meta(self, status: str | None = None) -> None:
+    def _write_meta(self, status: str | None = None, force: bool = True) -> None:
+        """meta.json; at the regular (background) flushes `force` is False: written only if it changed."""
         if not self._rank_known:
             return  # written once the rank (and so the file name) is known
         meta = self._meta
@@ -376,7 +377,7 @@ class Probe:
         if status is not None:
             meta["status"] = status
             meta["ended"] = time.time()
-        self.writer.write_meta(meta)
+        self.writer.write_meta(meta, force=force)
 
 
 _LIVE: "weakref.WeakSet[Probe]" = weakref.WeakSet()

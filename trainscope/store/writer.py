@@ -4,7 +4,9 @@ Each flush writes one Parquet chunk per table to a dot-named temp file, renames 
 then records it (SHA-256, rows, steps) in the rank's manifest `chunks-r<rank>.json`, itself
 rewritten atomically. A process killed at any instant (even SIGKILL) leaves only complete chunks:
 a chunk renamed into place but not yet in the manifest is still read (and adopted by the next
-writer). meta.json is rewritten the same way at start, on every flush and at close.
+writer). meta.json is rewritten the same way at start, at close, at `probe.flush()`, and at the regular
+flushes when its content changed (the progress fields `steps`, `last_flush`, `bytes_written` alone: once a
+minute).
 
 One live writer per rank: the writer holds an exclusive lock (`.lock-r<rank>`, flock) for its whole
 life; a second one is refused with a clear message. Re-opening a directory that holds a run starts
@@ -46,7 +48,10 @@ _ARROW_TYPES = {
 CHUNK_RE = re.compile(r"^r(\d+)-a(\d+)-(\d+)(?:_(\d+))?-p(\d+)\.parquet$")
 LEGACY_CHUNK_RE = re.compile(r"^r(\d+)-(\d+)\.parquet$")
 COMPACT_EVERY = 16  # merge this many chunks of one level into one chunk of the next level
-CLOSE_COMPACT_MAX_BYTES = 512 << 20  # at close, merge a table into one chunk if it is smaller than this
+CLOSE_COMPACT_MAX_BYTES = 512 << 20
+# meta.json fields that change at every flush; alone they rewrite the file only every META_REFRESH_SECONDS
+PROGRESS_FIELDS = ("steps", "last_flush", "bytes_written")
+META_REFRESH_SECONDS = 60.0  # at close, merge a table into one chunk if it is smaller than this
 
 
 def arrow_schema(table: str) -> pa.Schema:
@@ -121,6 +126,9 @@ class RunWriter:
         self.rank = int(rank)
         self.compact_every = max(2, int(compact_every))
         self.bytes_written = 0
+        self.meta_writes = 0
+        self._meta_key: str | None = None
+        self._meta_time = 0.0
         self._lock_fd: int | None = None
         try:
             self.dir.mkdir(parents=True, exist_ok=True)
@@ -255,9 +263,11 @@ class RunWriter:
         _atomic_write_bytes(self.dir / manifest_filename(self.rank), data)
 
     # ------------------------------------------------------------------ writing
-    def write_meta(self, meta: Mapping[str, Any]) -> None:
+    def write_meta(self, meta: Mapping[str, Any], force: bool = True) -> None:
         """Rewrite this rank's meta file; a final status (the probe's close) also compacts the
-        attempt's chunks and releases the lock."""
+        attempt's chunks and releases the lock. Not `force` (the probe's regular flushes): only when the
+        content changed, the progress fields (PROGRESS_FIELDS) aside, which are refreshed every
+        META_REFRESH_SECONDS."""
         meta = dict(meta)
         meta["attempt"] = self.attempt
         if self.resumed:
@@ -271,8 +281,16 @@ class RunWriter:
                 self.compact(final=True)
             except Exception:  # noqa: BLE001 - the small chunks stay valid
                 pass
+        key = json.dumps({k: v for k, v in meta.items() if k not in PROGRESS_FIELDS}, default=str,
+                         allow_nan=True, sort_keys=True)
+        now = time.monotonic()
+        if (not force and not final and key == self._meta_key
+                and now - self._meta_time < META_REFRESH_SECONDS):
+            return
         data = json.dumps(meta, indent=1, default=str, allow_nan=True).encode()
         _atomic_write_bytes(self.dir / meta_filename(self.rank), data)
+        self._meta_key, self._meta_time = key, now
+        self.meta_writes += 1
         if final:
             self.release()
 
