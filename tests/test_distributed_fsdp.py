@@ -73,8 +73,26 @@ def _rank(rank: int, port: int, out: str) -> None:
             fully_shard(model)  # parameters are now DTensors sharded on dim 0
             mine = [(x[rank * BATCH:(rank + 1) * BATCH], y[rank * BATCH:(rank + 1) * BATCH]) for x, y in _batches()]
             _train(model, Path(out) / name, mine, zero_grad=zero_grad)
+        _watched_before_sharding(Path(out) / "late", rank)
     finally:
         dist.destroy_process_group()
+
+
+def _watched_before_sharding(run_dir: Path, rank: int) -> None:
+    from torch.distributed.fsdp import fully_shard
+
+    model = _mlp()
+    probe = trainscope.watch(model, run_dir, on_finding="ignore")  # too early: fully_shard replaces the parameters
+    fully_shard(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    for x, y in _batches()[:3]:
+        mine = slice(rank * BATCH, (rank + 1) * BATCH)
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x[mine]), y[mine])
+        loss.backward()
+        opt.step()
+        probe.log(train_loss=loss)
+    probe.close()
 
 
 @pytest.fixture(scope="module")
@@ -148,3 +166,10 @@ def test_fsdp2_missing_zero_grad_is_still_seen(runs):
     # The stale-gradient check reads the sentinel differently under FSDP2 (clock.py): it must still fire.
     names = {f.name for f in trainscope.diagnose(runs / "stale")}
     assert "missing-zero-grad" in names
+
+
+def test_watch_before_fully_shard_is_reported(runs):
+    run = trainscope.load_run(runs / "late")
+    errors = run.events[run.events.kind == "hook_error"]["detail"].tolist()
+    assert any("call trainscope.watch() after fully_shard" in e for e in errors), errors
+    assert "probe-degraded" in {f.name for f in trainscope.diagnose(run)}

@@ -321,6 +321,7 @@ class Probe:
         first = not self.trace.done
         if first:
             self.trace.begin(step, x)
+            self._check_sharded_later()
         if self.record_activations and self.activations.armed_step != step and clock.recorded(step):
             self.activations.arm(step, trace=first)
             self._arm_post_hook()
@@ -330,6 +331,15 @@ class Probe:
             self._arm_post_hook()
         elif self.criterion_watch.wants_window(step):
             self._arm_post_hook()
+
+    def _check_sharded_later(self) -> None:
+        """watch() before fully_shard: FSDP2 replaced the parameters the probe hooked by DTensors, so no
+        gradient statistic would ever be recorded. Say so (a hook_error: the probe-degraded finding). The
+        parameters themselves are unsharded during the forward; the modules' FSDP classes tell."""
+        if self.params.sharding is None and any(module_type(m) != type(m).__name__ for m in self.model.modules()):
+            self.guard.failed("parameters", RuntimeError(
+                "the model's parameters were replaced after watch() (fully_shard / FSDP2 ran later): gradient "
+                "and weight statistics are not recorded; call trainscope.watch() after fully_shard"))
 
     def _arm_post_hook(self) -> None:
         if self._post_handle is None:
