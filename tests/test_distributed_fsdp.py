@@ -64,13 +64,16 @@ def _rank(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    from torch.distributed.device_mesh import init_device_mesh
+
     try:
-        for name, zero_grad in (("fsdp", True), ("stale", False)):
+        hsdp = init_device_mesh("cpu", (WORLD, 1), mesh_dim_names=("replicate", "shard"))
+        for name, zero_grad, mesh in (("fsdp", True, None), ("stale", False, None), ("hsdp", True, hsdp)):
             model = _mlp()
             for m in model:
                 if isinstance(m, nn.Linear):
-                    fully_shard(m)
-            fully_shard(model)  # parameters are now DTensors sharded on dim 0
+                    fully_shard(m, mesh=mesh)
+            fully_shard(model, mesh=mesh)  # parameters are now DTensors sharded on dim 0 (HSDP: and replicated)
             mine = [(x[rank * BATCH:(rank + 1) * BATCH], y[rank * BATCH:(rank + 1) * BATCH]) for x, y in _batches()]
             _train(model, Path(out) / name, mine, zero_grad=zero_grad)
         _watched_before_sharding(Path(out) / "late", rank)
@@ -115,17 +118,19 @@ def _by_step(run, kind: str, layer: str, rank: int | None = None):
     return df.set_index("step").sort_index()
 
 
-def test_fsdp2_merged_norms_equal_the_unsharded_model(runs):
-    run, ref = trainscope.load_run(runs / "fsdp"), trainscope.load_run(runs / "ref")
+@pytest.mark.parametrize("name, replicas", [("fsdp", 1), ("hsdp", WORLD)])
+def test_fsdp2_merged_norms_equal_the_unsharded_model(runs, name, replicas):
+    # hsdp: a (replicate 2, shard 1) mesh: every rank holds whole tensors, counted once in the merge
+    run, ref = trainscope.load_run(runs / name), trainscope.load_run(runs / "ref")
     assert run.meta["world_size"] == WORLD and set(run.meta["ranks"]) == {"0", "1"}
-    assert run.meta["sharding"]["layers"] == {"0": 1, "2": 1, "4": 1}
+    assert run.meta["sharding"]["layers"] == {"0": replicas, "2": replicas, "4": replicas}
     assert not [n for n in run.meta.get("notes") or [] if "sharded" in n]  # both ranks wrote every group: all merged
     for rank in range(WORLD):
-        for name in ("grad_norm", "grad_norm_clipped"):
-            got = run.scalars[(run.scalars.name == name) & (run.scalars["rank"] == rank)].set_index("step")["value"]
-            want = ref.scalars[ref.scalars.name == name].set_index("step")["value"]
-            assert list(got.index) == list(want.index) == list(range(STEPS)), name
-            np.testing.assert_allclose(got.to_numpy(), want.to_numpy(), rtol=1e-4, err_msg=f"{name} rank {rank}")
+        for scalar in ("grad_norm", "grad_norm_clipped"):
+            got = run.scalars[(run.scalars.name == scalar) & (run.scalars["rank"] == rank)].set_index("step")["value"]
+            want = ref.scalars[ref.scalars.name == scalar].set_index("step")["value"]
+            assert list(got.index) == list(want.index) == list(range(STEPS)), scalar
+            np.testing.assert_allclose(got.to_numpy(), want.to_numpy(), rtol=1e-4, err_msg=f"{scalar} rank {rank}")
         for layer in ("0", "2", "4"):
             for kind, stats in (("grad_norm", ["norm", "numel"]),
                                 ("grad", ["norm", "numel", "mean", "std", "max_abs", "frac_zero"]),
