@@ -35,7 +35,7 @@ def _data_names() -> set[str]:
 
 def _check_options(rule) -> None:
     data = _data_names()
-    for key in ("what", "why"):
+    for key in ("what", "why", "false_positives"):
         for opt in re.findall(r"`([a-z_][a-z0-9_]*)`", rule.doc.get(key, "")):
             if "_" in opt and opt not in rule.params and opt not in data:
                 raise SystemExit(f"rules/{rule.name}.toml: doc mentions option `{opt}` that is not a parameter")
@@ -66,6 +66,8 @@ def render() -> str:
         out += ["**Why is this bad?** " + doc.get("why", "").strip(), ""]
         out += ["**Example**", "", "```python", doc.get("example", "").strip("\n"), "```", ""]
         out += ["**Use instead**", "", "```python", doc.get("fix", "").strip("\n"), "```", ""]
+        if doc.get("false_positives", "").strip():
+            out += ["**Known false positives.** " + doc["false_positives"].strip(), ""]
         out += ["**Fixes suggested** (filled in with the run's evidence)", ""]
         out += [f"{i}. {f}" for i, f in enumerate(r.fixes, 1)]
         if r.needs:

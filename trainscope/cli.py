@@ -176,7 +176,7 @@ def list_rules() -> None:
 
 @app.command("rule")
 def show_rule(rule: str = typer.Argument(..., help="Rule name or code, e.g. overfitting or TS103.")) -> None:
-    """A rule's documentation: what it detects, why it matters, example, fix, parameters."""
+    """A rule's documentation: what it detects, why it matters, example, fix, known false positives, parameters."""
     from trainscope.rules.catalogue import find_rule
 
     try:
@@ -187,6 +187,8 @@ def show_rule(rule: str = typer.Argument(..., help="Rule name or code, e.g. over
     out = [f"{r.code} {r.name} ({r.severity.value}, {r.family}): {r.title}", f"Playbook: {r.reference}", ""]
     out += ["What it does", "    " + doc.get("what", ""), "", "Why is this bad?", "    " + doc.get("why", ""), ""]
     out += ["Example", _indent(doc.get("example", "")), "", "Use instead", _indent(doc.get("fix", "")), ""]
+    if doc.get("false_positives", "").strip():
+        out += ["Known false positives", "    " + doc["false_positives"].strip(), ""]
     out.append("Fixes suggested")
     out += [f"    {i}. {f}" for i, f in enumerate(r.fixes, 1)]
     if r.params:

@@ -21,8 +21,9 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9]*(-[a-z0-9]+)*$")
 CODE_RE = re.compile(r"^TS\d{3}$")
 NEEDS = ("scalars", "validation", "layers", "init", "events", "meta")
 REQUIRED = ("name", "code", "family", "severity", "title", "reference", "needs", "fixes", "doc")
-DOC_KEYS = ("what", "why", "example", "fix")
+DOC_KEYS = ("what", "why", "example", "fix", "false_positives")
 OPTIONAL = ("params", "explains")
+_DOC_PENDING = {"false_positives"}  # required once every rule file has it (being written)
 
 
 class CatalogueError(TrainscopeError):
@@ -89,8 +90,16 @@ def parse_rule(path: Path) -> CatalogueRule:
     if not isinstance(fixes, list) or not fixes or not all(isinstance(f, str) for f in fixes):
         raise _err(path, "fixes must be a non-empty list of strings")
     doc = data["doc"]
-    if not isinstance(doc, dict) or any(not isinstance(doc.get(k), str) for k in DOC_KEYS):
-        raise _err(path, f"[doc] needs string fields {', '.join(DOC_KEYS)}")
+    if not isinstance(doc, dict):
+        raise _err(path, f"[doc] must be a table with string fields {', '.join(DOC_KEYS)}")
+    missing_doc = [k for k in DOC_KEYS if k not in doc and k not in _DOC_PENDING]
+    if missing_doc:
+        raise _err(path, f"[doc] is missing field(s) {', '.join(missing_doc)} (needs {', '.join(DOC_KEYS)})")
+    not_str = [k for k in DOC_KEYS if k in doc and not isinstance(doc[k], str)]
+    if not_str:
+        raise _err(path, f"[doc] field(s) {', '.join(not_str)} must be strings")
+    if "false_positives" in doc and not doc["false_positives"].strip():
+        raise _err(path, "[doc] false_positives must say when the rule can fire on a healthy run (not empty)")
     params: dict[str, Param] = {}
     for pname, table in (data.get("params") or {}).items():
         if not isinstance(table, dict) or "default" not in table:
