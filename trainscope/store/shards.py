@@ -11,8 +11,9 @@ of the whole tensor and gives that value to each rank's row (so per-rank views s
   update    norm from summed squared changes; ratio sqrt(sum d^2 / sum w^2), w^2 of a shard from its
             own row (d^2 / ratio^2) or, where its ratio is 0, from its weight row of that step
 The scalars `grad_norm` and `grad_norm_clipped` are each rank's share: merged as sqrt(sum v^2).
-A group some rank did not write (a rank crashed before its flush) keeps its per-shard values; a note
-in `run.meta["notes"]` says how many.
+A group some rank did not write (a rank crashed before its flush, or recorded an extra step because
+of an anomaly on its own shard) is left out: a shard's norm shown as the tensor's would read as a
+sudden drop. A note in `run.meta["notes"]` says how many.
 """
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def merge(meta: dict[str, Any], scalars: pd.DataFrame, layers: pd.DataFrame,
     scalars, left_s = _merge_scalars(scalars, world)
     if left or left_s:
         notes.append(f"sharded run: {left} layer groups and {left_s} norm scalars were not written by all "
-                     f"{world} ranks and keep their per-shard values")
+                     f"{world} ranks and are left out (a shard's value is not the tensor's)")
     return scalars, layers
 
 
@@ -75,8 +76,9 @@ def _merge_scalars(scalars: pd.DataFrame, world: int) -> tuple[pd.DataFrame, int
     merged = np.sqrt(_sum(codes, n, v * v))
     ok = ranks[codes] == world
     out = scalars.copy()
-    out.iloc[np.flatnonzero(mask)[ok], out.columns.get_loc("value")] = merged[codes][ok]
-    return out, int((ranks != world).sum())
+    rows = np.flatnonzero(mask)
+    out.iloc[rows[ok], out.columns.get_loc("value")] = merged[codes][ok]
+    return _without(out, rows[~ok]), int((ranks != world).sum())
 
 
 _STATS_BY_KIND = {"grad": ("norm", "numel", "mean", "std", "max_abs", "frac_zero", "nonfinite"),
@@ -129,7 +131,15 @@ def _merge_layers(layers: pd.DataFrame, reps: dict[str, int], world: int) -> tup
         if sel.any():
             for c in cols:
                 out.iloc[rows[sel], out.columns.get_loc(c)] = merged[c][codes[sel]]
-    return out, int((ranks != world).sum())
+    return _without(out, rows[~ok]), int((ranks != world).sum())
+
+
+def _without(df: pd.DataFrame, rows: np.ndarray) -> pd.DataFrame:
+    if not len(rows):
+        return df
+    keep = np.ones(len(df), dtype=bool)
+    keep[rows] = False
+    return df.loc[keep].reset_index(drop=True)
 
 
 def _update_weight_sq(df: pd.DataFrame, layers: pd.DataFrame) -> np.ndarray:
