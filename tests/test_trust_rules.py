@@ -416,3 +416,111 @@ def test_no_run_is_told_to_raise_and_lower_the_lr(name: str) -> None:
     assert not ({"lr-too-high", "lr-too-low"} <= names)
     if "lr-too-high" in {f.name for f in rep.findings}:
         assert raise_ == [], raise_
+
+
+# ----------------------------------------------------------------------- second round (held-out misses' mechanisms)
+def test_sigmoid_stack_names_the_activation_not_the_init() -> None:
+    # a sigmoid's slope is at most 1/4: six sigmoid layers starve the first whatever the init, so
+    # vanishing-gradients is the root cause and poor-initialization / no-normalization are explained by it
+    rep = report(h.scenario("deep-sigmoid"))
+    f = loud(rep)["vanishing-gradients"]
+    assert "sigmoid" in f.message and f.evidence_dict["sigmoid_layers"] >= 4
+    assert "ReLU" in f.fixes[0]
+    shown = {x.name: x for x in rep.findings}
+    for smell in ("poor-initialization", "no-normalization-deep-stack"):
+        if smell in shown:
+            assert shown[smell].severity.value == "info" and "vanishing-gradients" in shown[smell].message, smell
+
+
+class _ReluRegressor(nn.Module):
+    def __init__(self, relu_out: bool) -> None:
+        super().__init__()
+        self.body = nn.Sequential(nn.Linear(16, 32), nn.ReLU())
+        self.head = nn.Linear(32, 1)
+        self.relu_out = relu_out
+        with torch.no_grad():
+            self.head.bias.fill_(-4.0)  # an unlucky start: the head's output is below zero for every input
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.head(self.body(x)).squeeze(-1)
+        return torch.relu(out) if self.relu_out else out
+
+
+def _positive_regression() -> "h.Data":
+    d = h.teacher_task(n=512, n_val=128)
+    return h.Data(d.x_train, d.x_train[:, :4].abs().sum(1) / 4 + 1, d.x_val, d.x_val[:, :4].abs().sum(1) / 4 + 1, 1)
+
+
+def test_dead_output_relu_is_dead_relu_with_the_head_fix() -> None:
+    def make(p, relu_out: bool):
+        torch.manual_seed(0)
+        return h.train(p, _ReluRegressor(relu_out), _positive_regression(), epochs=4, lr=1e-2, criterion=nn.MSELoss())
+
+    rep = report(cached("dead-output-relu", lambda p: make(p, True)))
+    f = loud(rep)["dead-relu"]
+    assert "output is a ReLU that never fires" in f.message and "Remove the ReLU" in f.fixes[0]
+    assert not any("learning rate" in fx for fx in f.fixes)  # it died at its start, not from large updates
+    zero = {x.name: x for x in rep.findings}.get("zero-gradients")
+    assert zero is None or zero.severity.value == "info"
+    healthy = report(cached("linear-output", lambda p: make(p, False)))
+    assert "dead-relu" not in {x.name for x in healthy.findings}
+    assert loud(healthy) == {}, {n: x.message for n, x in loud(healthy).items()}
+
+
+def _log(tmp_path, name: str, header: str, rows: list[str]):
+    p = tmp_path / f"{name}.csv"
+    p.write_text("\n".join([header] + rows) + "\n")
+    return diagnose_report(str(p))
+
+
+def test_frozen_loss_is_degenerate_evidence_even_in_a_short_log(tmp_path) -> None:
+    rep = _log(tmp_path, "frozen", "epoch,train_loss", [f"{e},1.0097" for e in range(1, 4)])
+    f = {x.name: x for x in rep.findings}["loss-not-decreasing"]
+    assert f.severity.value == "error" and "exactly 1.0097" in f.message
+    assert "requires_grad" in f.fixes[0]  # not a step-size problem first
+    val_only = _log(tmp_path, "val", "epoch,val_loss", [f"{e},0.28823" for e in range(1, 11)])
+    assert "validation loss" in {x.name: x for x in val_only.findings}["loss-not-decreasing"].message
+    moving = _log(tmp_path, "moving", "epoch,train_loss", [f"{e},{1.0 - 0.0001 * e}" for e in range(1, 4)])
+    assert "loss-not-decreasing" not in {x.name for x in moving.findings}  # 3 values: too short to judge
+
+
+def test_a_late_window_that_trends_down_is_not_loss_not_decreasing(tmp_path) -> None:
+    down = _log(tmp_path, "down", "epoch,train_loss", [f"{e},{13.1 - 0.07 * (e - 154)}" for e in range(154, 162)])
+    assert "loss-not-decreasing" not in {x.name for x in down.findings}
+    flat = _log(tmp_path, "flat", "epoch,train_loss",
+                [f"{e},{0.0255 + 0.001 * ((e * 7) % 3 - 1)}" for e in range(76, 93)])
+    f = {x.name: x for x in flat.findings}["loss-not-decreasing"]
+    assert f.severity.value == "info" and "window of a longer run" in f.message
+    # the same flat curve logged from the start is a real stall
+    start = _log(tmp_path, "start", "epoch,train_loss", [f"{e},{0.0255 + 0.001 * ((e * 7) % 3 - 1)}" for e in range(17)])
+    assert {x.name: x for x in start.findings}["loss-not-decreasing"].severity.value != "info"
+
+
+def test_contract_unshuffled_data_three_batches_per_class() -> None:
+    # 10 classes, 3 batches of 50 each: the lead class changes every third batch, which is still an order
+    rows = [(s, "batch/target_mode_frac", 1.0) for s in range(60)] + \
+           [(s, "batch/target_mode", float((s // 3) % 10)) for s in range(60)] + \
+           [(s, "loop/batch_size", 50.0) for s in range(60)]
+    f = _one(_contract_run(scalars=rows), "unshuffled-data")
+    assert f is not None and f.evidence_dict["dominant_share"] <= 0.2
+    # batches of one sample are pure by chance: a shuffled stream of single samples is not an order
+    single = [(s, "batch/target_mode_frac", 1.0) for s in range(60)] + \
+             [(s, "batch/target_mode", float((s * 7) % 10)) for s in range(60)] + \
+             [(s, "loop/batch_size", 1.0) for s in range(60)]
+    assert _one(_contract_run(scalars=single), "unshuffled-data") is None
+
+
+def test_summed_loss_with_momentum_that_climbs_back_is_lr_too_high() -> None:
+    # pytorch-fcn's trap: a loss summed over the batch with SGD momentum 0.99 needs a far smaller LR than
+    # a mean; the loss first falls, then climbs back. The summed loss's chance level is n x ln(C).
+    def make(p, lr: float):
+        torch.manual_seed(0)
+        return h.train(p, h._he(h.mlp(depth=2)), h.teacher_task(n=1024), epochs=6, optimizer="sgd", momentum=0.99,
+                       lr=lr, criterion=nn.CrossEntropyLoss(reduction="sum"))
+
+    rep = report(cached("summed-momentum-high", lambda p: make(p, 3e-3)))
+    f = loud(rep)["lr-too-high"]
+    assert f.severity.rank >= 1 and float(f.evidence_dict["suggested_lr"]) < 3e-3
+    assert not any(raises_lr(fx) for fx in all_fixes(rep))
+    ok = report(cached("summed-momentum-ok", lambda p: make(p, 5e-5)))
+    assert loud(ok) == {}, {n: x.message for n, x in loud(ok).items()}

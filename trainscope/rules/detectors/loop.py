@@ -632,6 +632,20 @@ def initial_loss_mismatch(ctx: Context) -> Iterator[Finding]:
             raise NotApplicable(f"first training loss logged at step {first_step}, too late to be the initial loss")
         l0 = float(loss.iloc[0])
     expected = math.log(n)
+    # reduction="sum" adds one chance-level term per loss element (per sample, per pixel): the
+    # chance level of the summed loss is that many times ln(n)
+    summed = ""
+    if d.get("reduction") == "sum":
+        shape = d.get("input_shape") or d.get("shape")
+        if not isinstance(shape, list) or not shape:
+            raise NotApplicable("loss summed over an unknown number of elements (reduction='sum')")
+        elements = int(np.prod(shape)) // (n if crit in CE_LOSSES + NLL_LOSSES and len(shape) >= 2 else 1)
+        expected *= max(1, elements)
+        summed = f" x {elements} summed elements (reduction='sum')"
+        try:
+            l0 = float(d.get("loss_sum"))
+        except (TypeError, ValueError):
+            pass
     tol = float(ctx.p("rel_tol")) * expected
     if not math.isfinite(l0):
         return  # NaN at step 0 is nan-or-inf's finding
@@ -641,7 +655,7 @@ def initial_loss_mismatch(ctx: Context) -> Iterator[Finding]:
     hint = ("the model is confidently wrong at init: inputs unnormalized, init too large, or a last-layer bias"
             if l0 > expected else "the loss starts below chance: a label leak, wrong reduction, or mislabeled targets")
     yield ctx.finding(
-        f"initial loss {fmt(l0)} at step {first_step} is {direction} ln({n}) = {fmt(expected)} by "
+        f"initial loss {fmt(l0)} at step {first_step} is {direction} ln({n}){summed} = {fmt(expected)} by "
         f"{fmt(abs(l0 - expected))} > {fmt(tol)}; {hint}",
         steps=(first_step, first_step),
         evidence={"initial_loss": l0, "expected": expected, "num_classes": n, "tolerance": tol, "criterion": crit},
