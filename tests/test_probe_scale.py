@@ -236,3 +236,111 @@ def test_meta_json_rewritten_only_when_it_changed(tmp_path):
     assert meta["optimizer"]["param_groups"][0]["lr"] == 0.5
     probe.close()
     assert json.loads((tmp_path / "r" / "meta.json").read_text())["steps"] == 43  # close always writes
+
+
+# ---------------------------------------------------------------------------------------------- host copies
+_COPY_METHODS = ("item", "tolist", "cpu", "numpy", "__float__", "__int__", "__bool__", "__index__", "__array__")
+
+
+def _count_probe_host_copies(monkeypatch, counts, state) -> None:
+    """Count every tensor-to-host read whose caller is the probe's own code (trainscope/probe/*.py)."""
+    import os
+    import sys
+
+    import trainscope.probe as probe_pkg
+
+    probe_dir = os.path.dirname(probe_pkg.__file__) + os.sep
+    for name in _COPY_METHODS:
+        orig = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _orig=orig, **k):
+            f = sys._getframe(1)
+            while f is not None and f.f_code.co_name == "__torch_function__":
+                f = f.f_back  # the probe's TorchFunctionMode passes the user's own calls through
+            if f is not None and f.f_code.co_filename.startswith(probe_dir):
+                counts[state["step"]] += 1
+            return _orig(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+
+
+def _clipped_training(probe, model, opt, crit, state, steps, device="cpu", on_step=None):
+    g = torch.Generator().manual_seed(3)
+    xs = torch.randn(steps, 16, 4, generator=g).to(device)  # on the device before the loop: no copy in it
+    ys = torch.randint(0, 3, (steps, 16), generator=g).to(device)
+    for s in range(steps):
+        x, y = xs[s], ys[s]
+        state["step"] = s
+        if on_step is not None:
+            on_step(s)
+        opt.zero_grad()
+        loss = crit(model(x), y)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        probe.log(train_loss=loss)
+    state["step"] = "close"
+
+
+def test_cheap_steps_make_no_host_copy(tmp_path, monkeypatch):
+    """With CPU reads treated as an accelerator's (host.FREE_ON_CPU off), the probe's own host copies
+    happen at recorded steps and at the flush only: none on the cheap steps, which still record the loss,
+    the gradient norms of every layer, lr and the loop facts."""
+    from collections import Counter
+
+    from trainscope.probe import host
+
+    monkeypatch.setattr(host, "FREE_ON_CPU", False)
+    counts: Counter = Counter()
+    state: dict = {"step": "watch"}
+    _count_probe_host_copies(monkeypatch, counts, state)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    crit = nn.CrossEntropyLoss()
+    n = 300
+    with trainscope.watch(model, tmp_path / "r", optimizer=opt, criterion=crit, every=1000, flush_seconds=1e9,
+                          on_finding="ignore") as probe:
+        _clipped_training(probe, model, opt, crit, state, n)
+        recorded = {s for s in range(n) if probe.clock.recorded(s)}
+    cheap = [s for s in range(n) if s not in recorded]
+    assert len(cheap) > 280
+    assert {s: counts[s] for s in cheap if counts[s]} == {}
+    assert sum(counts[s] for s in recorded) > 0 and counts["close"] > 0  # the counter does see the probe's copies
+    run = trainscope.load_run(tmp_path / "r")
+    for name in ("train_loss", "grad_norm", "grad_norm_clipped", "loop/clipped", "lr/0"):
+        assert len(run.scalar(name)) == n, name
+    assert (run.layers.kind == "grad_norm").sum() == 2 * n
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cheap_steps_do_not_sync_cuda(tmp_path):
+    """The same on a GPU: torch.cuda.set_sync_debug_mode("warn") around every cheap step sees no sync."""
+    import warnings
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).cuda()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, foreach=True)
+    crit = nn.CrossEntropyLoss()
+    state: dict = {"step": 0}
+    n = 300
+    synced: list[tuple[int, str]] = []
+    with trainscope.watch(model, tmp_path / "r", optimizer=opt, criterion=crit, every=1000, flush_seconds=1e9,
+                          on_finding="ignore") as probe:
+        cheap = {s for s in range(n) if not probe.clock.recorded(s)}
+
+        def on_step(s):
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("warn" if s in cheap else "default")
+
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                _clipped_training(probe, model, opt, crit, state, n, device="cuda", on_step=on_step)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+            synced = [str(w.message) for w in caught if "synchroniz" in str(w.message)]
+    assert synced == []
+    assert not probe.guard.disabled
+    run = trainscope.load_run(tmp_path / "r")
+    assert len(run.scalar("grad_norm")) == n and len(run.scalar("train_loss")) == n

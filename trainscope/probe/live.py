@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from trainscope.errors import TrainscopeFinding
+from trainscope.probe import host
 from trainscope.probe.buffer import RunBuffer
 from trainscope.probe.clock import StepClock
 from trainscope.store import schema
@@ -64,14 +65,14 @@ class HostValue:
         self._host = self._event = None
         if not isinstance(t, Tensor):
             self._value = float(t)
-        elif t.device.type == "cpu":
+        elif host.free(t):
             self._value = float(t.detach().float().reshape(-1)[0]) if t.numel() else None
         elif t.device.type == "cuda":
             self._host = torch.empty((), dtype=torch.float32, pin_memory=True)
             self._host.copy_(t.detach().float().reshape(()), non_blocking=True)
             self._event = torch.cuda.Event()
             self._event.record()
-        # other devices: never read live (the flush-time checks still run)
+        # other devices (and CPU with host.FREE_ON_CPU off): never read live (the flush-time checks still run)
 
     def get(self) -> float | None:
         if self._value is None and self._event is not None and self._event.query():

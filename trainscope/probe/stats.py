@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from trainscope.probe import host
 from trainscope.store.schema import LAYER_STATS
 
 N_STATS = len(LAYER_STATS)
@@ -59,7 +60,7 @@ def _moments(t: Tensor, shift: Tensor) -> list[Tensor]:
     sq = t.dot(t)
     lo, hi = torch.aminmax(t)
     nonzero = torch.count_nonzero(t).to(t.dtype)
-    if t.device.type == "cpu" and math.isfinite(sq.item()):
+    if host.free(t) and math.isfinite(sq.item()):
         bad = sq * 0.0  # asking is free on CPU: skip the count when everything is finite
     else:
         bad = torch.count_nonzero(t * 0).to(t.dtype)  # x*0 is NaN exactly where x is NaN or Inf
