@@ -78,3 +78,10 @@ def test_an_unsharded_run_is_left_alone():
     layers = _layers(rows)
     _, out = shards.merge({"world_size": 2}, empty_frame(schema.SCALARS), layers, [])
     assert out is layers
+
+
+def test_a_run_watched_on_rank_0_only_is_not_merged_and_says_so():
+    rows = [_moment_row(0, 0, "w", "grad", torch.ones(3))]
+    layers = _layers(rows)
+    _, out = shards.merge(META, empty_frame(schema.SCALARS), layers, notes := [])
+    assert out is layers and "rank(s) [0] of 3" in notes[0]

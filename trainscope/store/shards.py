@@ -13,7 +13,8 @@ of the whole tensor and gives that value to each rank's row (so per-rank views s
 The scalars `grad_norm` and `grad_norm_clipped` are each rank's share: merged as sqrt(sum v^2).
 A group some rank did not write (a rank crashed before its flush, or recorded an extra step because
 of an anomaly on its own shard) is left out: a shard's norm shown as the tensor's would read as a
-sudden drop. A note in `run.meta["notes"]` says how many.
+sudden drop. A note in `run.meta["notes"]` says how many. A run some rank never wrote to (watch() on
+rank 0 only) is not merged at all; a note says its rows are shards.
 """
 from __future__ import annotations
 
@@ -46,6 +47,11 @@ def merge(meta: dict[str, Any], scalars: pd.DataFrame, layers: pd.DataFrame,
     if sh is None:
         return scalars, layers
     world = int(sh["world_size"])
+    present = set(layers["rank"].unique().tolist()) | set(scalars["rank"].unique().tolist())
+    if len(present) < world:  # e.g. watch() on rank 0 only: nothing can be merged, say what the rows are
+        notes.append(f"sharded run recorded by rank(s) {sorted(present)} of {world}: the sharded layers' rows and "
+                     "grad_norm are those ranks' shards, not the full tensors (call watch() on every rank)")
+        return scalars, layers
     reps = {str(k): max(1, int(v)) for k, v in sh["layers"].items() if isinstance(v, (int, float))}
     layers, left = _merge_layers(layers, reps, world)
     scalars, left_s = _merge_scalars(scalars, world)
