@@ -113,7 +113,6 @@ class AnomalyCapture:
                 if not host.free(v):
                     self._defer("loss", name, step, v)
                     continue
-                v = v.reshape(-1)[0]
             try:
                 f = float(v)
             except (TypeError, ValueError):

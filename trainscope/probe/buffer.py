@@ -330,6 +330,8 @@ class RunBuffer:
 def check_value(v: Any) -> Any:
     """A probe.log value as a float or a 0-d dense tensor, or ValueError saying why it is not one."""
     if isinstance(v, Tensor):
+        if v.ndim == 0 and v.layout == torch.strided and not v.is_complex() and v.device.type != "meta":
+            return v.detach() if v.requires_grad else v  # the usual case (a loss), in a few attribute reads
         if v.layout != torch.strided:
             raise ValueError(f"a {str(v.layout).replace('torch.', '')} tensor (log t.to_dense() or a number)")
         if v.device.type == "meta":
