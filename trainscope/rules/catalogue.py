@@ -23,7 +23,6 @@ NEEDS = ("scalars", "validation", "layers", "init", "events", "meta")
 REQUIRED = ("name", "code", "family", "severity", "title", "reference", "needs", "fixes", "doc")
 DOC_KEYS = ("what", "why", "example", "fix", "false_positives")
 OPTIONAL = ("params", "explains")
-_DOC_PENDING = {"false_positives"}  # required once every rule file has it (being written)
 
 
 class CatalogueError(TrainscopeError):
@@ -92,13 +91,13 @@ def parse_rule(path: Path) -> CatalogueRule:
     doc = data["doc"]
     if not isinstance(doc, dict):
         raise _err(path, f"[doc] must be a table with string fields {', '.join(DOC_KEYS)}")
-    missing_doc = [k for k in DOC_KEYS if k not in doc and k not in _DOC_PENDING]
+    missing_doc = [k for k in DOC_KEYS if k not in doc]
     if missing_doc:
         raise _err(path, f"[doc] is missing field(s) {', '.join(missing_doc)} (needs {', '.join(DOC_KEYS)})")
-    not_str = [k for k in DOC_KEYS if k in doc and not isinstance(doc[k], str)]
+    not_str = [k for k in DOC_KEYS if not isinstance(doc[k], str)]
     if not_str:
         raise _err(path, f"[doc] field(s) {', '.join(not_str)} must be strings")
-    if "false_positives" in doc and not doc["false_positives"].strip():
+    if not doc["false_positives"].strip():
         raise _err(path, "[doc] false_positives must say when the rule can fire on a healthy run (not empty)")
     params: dict[str, Param] = {}
     for pname, table in (data.get("params") or {}).items():
