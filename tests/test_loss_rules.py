@@ -122,11 +122,12 @@ def test_oscillation_with_lr_too_high_for_the_phase(tmp_path, opt, lr):
 
 
 def test_slow_start_on_deep_narrow_relu_stack(tmp_path):
+    torch.manual_seed(0)  # the model is built before train() seeds: same init whatever ran before
     run = train(tmp_path / "r", mlp(depth=8, hidden=32), teacher_task(n=4096), epochs=6, lr=1e-4)
     found = names(run)
-    # harm measured: the loss sat at its start for nearly half the run -> a warning on its own ...
+    # harm measured: the loss sat at its start for half the run or more -> a warning on its own ...
     f = found["slow-start"]
-    assert f.severity.value == "warning" and f.evidence_dict["flat_fraction"] >= 0.25
+    assert f.severity.value == "warning" and f.evidence_dict["flat_fraction"] >= 0.5
     assert "He" in f.fixes[0]  # default init before ReLU: the init table says He would help
     # ... and in the full diagnosis the measured init problem explains it (kept, as info)
     full = {x.name: x for x in diagnose_report(run).findings}
