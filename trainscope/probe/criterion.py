@@ -21,7 +21,7 @@ from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
 from trainscope.probe.buffer import RunBuffer
 from trainscope.probe.clock import Collector, StepClock
 from trainscope.probe.guard import HookGuard
-from trainscope.probe.util import distribution_facts, first_tensor
+from trainscope.probe.util import distribution_facts, first_tensor, producer_name
 from trainscope.store import schema
 
 TARGET_STEPS = 200  # batch target statistics on every one of the first steps (and on recorded steps)
@@ -44,7 +44,7 @@ ELEMENTWISE = {"MSELoss", "L1Loss", "BCELoss", "BCEWithLogitsLoss", "SmoothL1Los
 def criterion_facts(criterion: str, x: Tensor, target: Tensor | None) -> dict[str, Any]:
     """The criterion_input detail (host values; called once per distinct loss)."""
     detail: dict[str, Any] = {"criterion": criterion,
-                              "producer": type(x.grad_fn).__name__ if x.grad_fn is not None else "",
+                              "producer": producer_name(x),
                               "shape": list(x.shape), "input_shape": list(x.shape)}
     detail.update(distribution_facts(x))
     detail["dim1_size"] = int(x.shape[1]) if x.dim() >= 2 else None  # the dim softmax / CE normalize over
@@ -67,6 +67,8 @@ def criterion_facts(criterion: str, x: Tensor, target: Tensor | None) -> dict[st
         lo, hi = (float(v) for v in torch.aminmax(tf))
         detail["target_min"], detail["target_max"] = lo, hi
         detail["target_in_unit"] = bool(lo >= 0 and hi <= 1)
+        # hard 0/1 labels, not soft targets in 0..1 (heatmaps, label smoothing, probabilities)
+        detail["target_binary"] = bool(lo >= 0 and hi <= 1 and ((tf == 0) | (tf == 1)).all())
         multi = False
         if t.is_floating_point() and t.dim() >= 2 and t.shape[1] > 1 and lo >= 0 and hi <= 1:
             binary = bool(((tf == 0) | (tf == 1)).all())

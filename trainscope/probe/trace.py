@@ -14,7 +14,7 @@ from torch.overrides import TorchFunctionMode
 
 from trainscope.probe import init_table as init_mod
 from trainscope.probe.buffer import RunBuffer
-from trainscope.probe.util import distribution_facts, first_tensor
+from trainscope.probe.util import distribution_facts, first_tensor, producer_name
 from trainscope.store import schema
 from trainscope.store.writer import RunWriter
 
@@ -105,7 +105,7 @@ class ForwardTrace:
         self.buffer.event(step, "input_scale", "", detail["std"], detail)
 
     def _model_output_event(self, step: int, out: Tensor) -> None:
-        producer = type(out.grad_fn).__name__ if out.grad_fn is not None else ""
+        producer = producer_name(out)
         last_leaf = next((typ for what, _, typ in reversed(self.trace) if what != "fn"), "")
         last_fn = next((n for what, n, _ in reversed(self.trace) if what == "fn"), "")
         detail = {"producer": producer, "last_module": last_leaf, "last_function": last_fn, "shape": list(out.shape),

@@ -172,3 +172,26 @@ def distribution_facts(x: Tensor) -> dict[str, Any]:
         facts["is_prob"] = bool(vals[0] >= 0 and vals[1] <= 1)  # e.g. sigmoid output
         facts["is_log_prob"] = False
     return facts
+
+
+# autograd nodes that only move or reshape values: the op that made a loss input is behind them
+# (sigmoid(x).squeeze(-1) is still a sigmoid's output)
+_SHAPE_ONLY = ("View", "UnsafeView", "Reshape", "Squeeze", "Unsqueeze", "Permute", "Transpose", "T", "Expand",
+               "Clone", "Alias", "Select", "Slice", "AsStrided", "Flatten", "Unflatten", "ToCopy")
+
+
+def producer_name(t: torch.Tensor) -> str:
+    """The autograd node that computed `t`'s values, looking through shape-only ops; '' for a leaf."""
+    fn = t.grad_fn
+    for _ in range(8):
+        if fn is None:
+            return ""
+        base = type(fn).__name__.rstrip("0123456789")
+        base = base[: -len("Backward")] if base.endswith("Backward") else base
+        if base not in _SHAPE_ONLY:
+            break
+        inputs = [f for f, _ in fn.next_functions if f is not None]
+        if len(inputs) != 1:
+            break
+        fn = inputs[0]
+    return type(fn).__name__ if fn is not None else ""
