@@ -456,16 +456,28 @@ def oscillation(ctx: Context) -> list[Finding]:
         if swings >= 3 and share >= ctx.p("min_swing_share") and reversals >= ctx.p("min_reversals"):
             word = _epoch_word(e)
             amp = float(np.mean(off[off >= ctx.p("min_val_swing")]))
+            # harm: swings that matter on the scale the run travelled (its first loss down to this
+            # level); a val loss bouncing 20% around 2% of where training started has converged
+            t0 = finite(first_series(ctx.run, TRAIN_LOSS_NAMES) if first_series(ctx.run, TRAIN_LOSS_NAMES) is not None
+                        else pd.Series(dtype=float))
+            start = max(float(t0.iloc[0]) if len(t0) else float("nan"), float(np.max(v)))
+            travelled = start - level if np.isfinite(start) else float("nan")
+            of_range = amp * level / travelled if np.isfinite(travelled) and travelled > 0 else float("nan")
+            small = bool(np.isfinite(of_range) and of_range < float(ctx.p("min_swing_of_range")))
+            note = (f"; small next to the {_fmt(travelled)} the loss came down (swings {of_range:.1%} of it, below "
+                    f"{float(ctx.p('min_swing_of_range')):.0%}): noise around a converged level" if small else "")
             return [
                 ctx.finding(
                     f"val loss zigzags: {swings} of {len(off)} {word}s are peaks or troughs standing "
                     f"{amp:.1%} (on average) of its level {_fmt(level)} off their neighbours "
                     f"(thresholds {ctx.p('min_val_swing'):.0%}, {ctx.p('min_swing_share'):.0%} of {word}s); "
-                    f"it changes direction at {reversals:.0%} of {word}s instead of settling",
+                    f"it changes direction at {reversals:.0%} of {word}s instead of settling{note}",
                     steps=(int(e.steps[0]), int(e.steps[-1])),
                     evidence={"swings": swings, "swing_share": share, "val_swing": amp, "reversals": reversals,
-                              "level": level, "points": len(v)},
+                              "level": level, "points": len(v),
+                              "swing_of_range": of_range if np.isfinite(of_range) else None},
                     fix_values=fv,
+                    severity="info" if small else None,
                 )
             ]
     # 2. training curve, second half, in windows (medians kill minibatch noise)
