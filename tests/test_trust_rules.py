@@ -358,7 +358,10 @@ def test_contract_output_activation_fits() -> None:
               {"criterion": "BCEWithLogitsLoss", "producer": "AddmmBackward0", "target_min": 0, "target_max": 1},
               {"criterion": "BCELoss", "producer": "SigmoidBackward0", "is_prob": True, "target_min": 0,
                "target_max": 1, "target_multi_label": True},
-              {"criterion": "nll_loss", "producer": "LogSoftmaxBackward0", "is_log_prob": True}):
+              {"criterion": "nll_loss", "producer": "LogSoftmaxBackward0", "is_log_prob": True},
+              # a Gaussian heatmap spans 0..1 but is a regression target: MSE on a sigmoid fits it
+              {"criterion": "MSELoss", "producer": "SigmoidBackward0", "is_prob": True, "target_min": 0.0,
+               "target_max": 1.0, "target_integer": False, "target_binary": False, "target_in_unit": True}):
         assert _one(_contract_run([(0, "criterion_input", 1.0, d)]), "output-activation-mismatch") is None, d
 
 
@@ -524,3 +527,53 @@ def test_summed_loss_with_momentum_that_climbs_back_is_lr_too_high() -> None:
     assert not any(raises_lr(fx) for fx in all_fixes(rep))
     ok = report(cached("summed-momentum-ok", lambda p: make(p, 5e-5)))
     assert loud(ok) == {}, {n: x.message for n, x in loud(ok).items()}
+
+
+class _SqueezedSigmoid(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.net(x)).squeeze(-1)  # the loss sees SqueezeBackward, made by a sigmoid
+
+
+def test_sigmoid_behind_a_squeeze_into_bce_with_logits_is_seen(tmp_path) -> None:
+    d = h.teacher_task(n=256, classes=2, n_val=64)
+    data = h.Data(d.x_train, d.y_train.float(), d.x_val, d.y_val.float(), 1)
+    torch.manual_seed(0)
+    run = h.train(tmp_path / "r", _SqueezedSigmoid(), data, epochs=1, criterion=nn.BCEWithLogitsLoss())
+    f = {x.name: x for x in report(run).findings}["output-activation-mismatch"]
+    assert f.severity.value == "error" and "sigmoid outputs" in f.message
+
+
+class _Standardize(nn.Module):
+    def __init__(self, x: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("mean", x.mean(0))
+        self.register_buffer("std", x.std(0))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+
+def test_unnormalized_inputs_that_the_model_normalizes_itself_are_info(tmp_path) -> None:
+    d = h.scaled(h.teacher_task(n=512, n_val=128), 300.0, 50.0)
+    torch.manual_seed(0)
+    inside = h.train(tmp_path / "inside", nn.Sequential(_Standardize(d.x_train), h._he(h.mlp())), d, epochs=2)
+    f = {x.name: x for x in report(inside).findings}["unnormalized-inputs"]
+    assert f.severity.value == "info" and "normalizes its input itself" in f.message
+    torch.manual_seed(0)
+    raw = h.train(tmp_path / "raw", h._he(h.mlp()), d, epochs=2)
+    g = loud(report(raw))["unnormalized-inputs"]
+    assert "receives it" in g.message and g.evidence_dict["largest_layer_output_std"] > 5
+
+
+def test_val_loss_noise_around_a_converged_level_is_not_oscillation(tmp_path) -> None:
+    rows = [f"{e},{1.6 * 0.5 ** e + 0.01},{0.033 + (0.01 if e % 2 else -0.01)}" for e in range(10)]
+    rep = _log(tmp_path, "converged", "epoch,train_loss,val_loss", rows)
+    f = {x.name: x for x in rep.findings}.get("oscillation")
+    assert f is None or (f.severity.value == "info" and "converged" in f.message)
+    rows = [f"{e},{1.0 / (1 + e) + 0.3},{0.6 + (0.25 if e % 2 else -0.25)}" for e in range(10)]
+    swinging = {x.name: x for x in _log(tmp_path, "swinging", "epoch,train_loss,val_loss", rows).findings}
+    assert swinging["oscillation"].severity.value == "warning"

@@ -18,6 +18,9 @@ from trainscope.rules.detectors._common import (
     detail,
     events,
     fmt,
+    is_compute,
+    layer_name,
+    layer_rows,
     modules,
     optimizer_meta,
     step_span,
@@ -148,8 +151,11 @@ def _mismatch(crit: str, producer: str, d: dict[str, Any]) -> tuple[str, str] | 
     in_unit = d.get("target_in_unit")
     if in_unit is None and t_lo is not None and t_hi is not None:
         in_unit = 0 <= t_lo and t_hi <= 1
+    # class targets: integers, or floats that are all exactly 0 or 1 (a Gaussian heatmap or a soft
+    # target also spans 0..1 and is a regression target); older stores lack target_binary
+    hard = d.get("target_binary")
     binary_targets = t_lo is not None and t_hi is not None and t_lo >= 0 and t_hi <= 1 and (
-        bool(target_integer) or (t_lo == 0 and t_hi == 1))
+        bool(target_integer) or (bool(hard) if hard is not None else (t_lo == 0 and t_hi == 1)))
     # 1. a softmax over a dimension of size 1 is the constant 1.0: every gradient is zero
     if op in ("softmax", "log_softmax") and _dim1(d) == 1:
         const = "1.0" if op == "softmax" else "0.0"
@@ -692,11 +698,31 @@ def unnormalized_inputs(ctx: Context) -> Iterator[Finding]:
         return
     key, val = max(over.items(), key=lambda kv: kv[1])
     raw_pixels = np.isfinite(hi) and 100 < hi <= 255.5 and np.isfinite(lo) and lo >= 0
+    # harm: a weight layer that is fed the raw scale computes outputs of that scale at the first
+    # step; a model that normalizes inside forward ((x - mean) / std before its layers) does not
+    a = layer_rows(ctx.run, "activation")
+    weight_layers = set(ctx.run.init["layer"].astype(str)) if not ctx.run.init.empty else set()
+    if not a.empty:  # layers with weights (the init table's), else any compute module
+        a = a[a["layer"].astype(str).isin(weight_layers)] if weight_layers else a[a["module_type"].map(is_compute)]
+    worst, worst_std = "", float("nan")
+    if not a.empty and "std" in a:
+        first = a[a["step"] == a["step"].min()].dropna(subset=["std"])
+        if len(first):
+            r = first.loc[first["std"].idxmax()]
+            worst, worst_std = str(r["layer"]), float(r["std"])
+    harmless = bool(np.isfinite(worst_std) and worst_std <= float(ctx.p("max_layer_std")))
+    note = (f"; but every weight layer's output at the first step has std <= {fmt(worst_std)} (<= "
+            f"{fmt(float(ctx.p('max_layer_std')))}): the model normalizes its input itself, or the scale does no harm"
+            if harmless else f"; {layer_name(worst)} receives it: its output std is {fmt(worst_std)} at the first step"
+            if worst else "")
     yield ctx.finding(
         f"model input {key} {fmt(val)} > {fmt(limit)} (mean {fmt(mean)}, std {fmt(std)}, range "
-        f"{fmt(lo)}..{fmt(hi)}" + (", looks like raw 0..255 pixels" if raw_pixels else "") + ")",
+        f"{fmt(lo)}..{fmt(hi)}" + (", looks like raw 0..255 pixels" if raw_pixels else "") + ")" + note,
         steps=(int(row["step"]), int(row["step"])),
-        evidence={"mean": mean, "std": std, "min": lo, "max": hi, "feature_std_max": fmax, "threshold": limit},
+        severity="info" if harmless else None,
+        evidence={"mean": mean, "std": std, "min": lo, "max": hi, "feature_std_max": fmax, "threshold": limit,
+                  "largest_layer_output_std": worst_std if np.isfinite(worst_std) else None,
+                  "largest_layer": worst or None},
         fix_values={"scale_hint": "divide by 255 then normalize with the dataset mean/std" if raw_pixels
                     else "standardize each feature with the training set's mean and std"},
     )
