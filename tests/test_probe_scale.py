@@ -344,3 +344,46 @@ def test_cheap_steps_do_not_sync_cuda(tmp_path):
     assert not probe.guard.disabled
     run = trainscope.load_run(tmp_path / "r")
     assert len(run.scalar("grad_norm")) == n and len(run.scalar("train_loss")) == n
+
+
+def test_anomaly_capture_one_step_late_on_the_accelerator_path(tmp_path, monkeypatch):
+    """The CUDA path, on CPU: values are not read at once (host.FREE_ON_CPU off) but copied without blocking and
+    read when the copy has arrived (here: at the second poll, i.e. after the step). The gradient-norm jump of
+    step 777 is then decided after that step's statistics were taken: captured at 778-780, `late`."""
+    from trainscope.probe import anomaly, host
+
+    class Delayed:
+        """live.HostValue with a copy that arrives at the second look."""
+
+        def __init__(self, t):
+            self._v, self._event, self.looks = float(t), object(), 0
+
+        def get(self):
+            self.looks += 1
+            return self._v if self.looks >= 2 else None
+
+    monkeypatch.setattr(host, "FREE_ON_CPU", False)
+    monkeypatch.setattr(host, "async_readable", lambda t: True)
+    monkeypatch.setattr(anomaly, "HostValue", Delayed)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.02)
+    g = torch.Generator().manual_seed(2)
+    xs = torch.randn(1000, 16, 4, generator=g)
+    ys = xs[..., :1] * 0.5 - xs[..., 1:2]
+    with trainscope.watch(model, tmp_path / "r", optimizer=opt, every=100, on_finding="ignore") as probe:
+        for step in range(1000):
+            opt.zero_grad()
+            loss = nn.functional.mse_loss(model(xs[step]), ys[step])
+            if step == 777:
+                loss = loss * 100
+            loss.backward()
+            opt.step()
+            probe.log(train_loss=loss)
+    run = trainscope.load_run(tmp_path / "r")
+    by = {(s, d["trigger"]): d for s, d in _events(run, "anomaly_capture")}
+    assert set(by) == {(777, "grad_norm"), (777, "loss")}, by
+    assert by[777, "grad_norm"]["steps"] == [778, 779, 780] and by[777, "grad_norm"]["late"]
+    assert by[777, "loss"]["steps"] == [779, 780, 781] and by[777, "loss"]["late"]  # its copy came a step later
+    kinds = {int(s): set(k) for s, k in run.layers.groupby("step").kind}
+    assert kinds[777] == {"grad_norm"} and kinds[778] >= {"grad", "weight", "update", "activation"}

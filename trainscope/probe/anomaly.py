@@ -134,7 +134,7 @@ class AnomalyCapture:
         self._pending = keep
 
     def _defer(self, trigger: str, name: str, step: int, t: Tensor) -> None:
-        if self.captures >= MAX_CAPTURES or t.device.type != "cuda":
+        if self.captures >= MAX_CAPTURES or not host.async_readable(t):
             return  # other devices: not read live
         if len(self._pending) >= MAX_PENDING:
             self._pending.pop(0)

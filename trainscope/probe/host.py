@@ -20,3 +20,10 @@ def free(t: Any) -> bool:
     """True if reading `t` on the host now cannot stall the device (a CPU tensor, or not a tensor)."""
     dev = getattr(t, "device", None)
     return dev is None or (dev.type == "cpu" and FREE_ON_CPU)
+
+
+def async_readable(t: Any) -> bool:
+    """True if `t` can be copied to pinned host memory without blocking and read once its event has
+    completed (live.HostValue): CUDA tensors."""
+    dev = getattr(t, "device", None)
+    return dev is not None and dev.type == "cuda"

@@ -229,7 +229,7 @@ class ParamStats(Collector):
         self._dense.append((s, self.clock.epoch, self.clock.step_time, vec, plan))
         self.buffer.pending_rows += len(plan.names) + 1
         if not host.free(vec):
-            if self.anomaly is not None and vec.device.type == "cuda":
+            if self.anomaly is not None and host.async_readable(vec):
                 self.anomaly.on_grad_norm(s, torch.linalg.vector_norm(vec))  # copied without blocking
             return False
         # free on CPU: the global norm now (NaN/Inf and jumps seen on their own step)
