@@ -577,3 +577,21 @@ def test_val_loss_noise_around_a_converged_level_is_not_oscillation(tmp_path) ->
     rows = [f"{e},{1.0 / (1 + e) + 0.3},{0.6 + (0.25 if e % 2 else -0.25)}" for e in range(10)]
     swinging = {x.name: x for x in _log(tmp_path, "swinging", "epoch,train_loss,val_loss", rows).findings}
     assert swinging["oscillation"].severity.value == "warning"
+
+
+def _lr_run(values, steps_per_epoch: int = 16):
+    rows = [(s, "lr/0", float(v)) for s, v in enumerate(values)]
+    epochs = [(e * steps_per_epoch, "epoch", float(e), {}) for e in range(len(values) // steps_per_epoch)]
+    return _contract_run(epochs, scalars=rows)
+
+
+def test_cadence_from_the_trace_of_a_cycling_cosine_and_not_from_a_warmup_from_zero() -> None:
+    import math
+
+    # CosineAnnealingLR(T_max=10 epochs) stepped every batch: 0 at step 10, back up at 20, ...
+    cycling = [0.5e-3 * (1 + math.cos(math.pi * s / 10)) for s in range(160)]
+    f = _one(_lr_run(cycling), "scheduler-step-cadence")
+    assert f is not None and "stepped every batch" in f.message
+    # a warmup from exactly 0 then a cosine decay over the whole run is a per-batch schedule done right
+    warm = [1e-3 * s / 10 if s < 10 else 0.5e-3 * (1 + math.cos(math.pi * (s - 10) / 150)) for s in range(160)]
+    assert _one(_lr_run(warm), "scheduler-step-cadence") is None

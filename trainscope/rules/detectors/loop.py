@@ -479,7 +479,8 @@ def _epoch_of_steps(ctx: Context, steps: np.ndarray) -> np.ndarray | None:
 
 def _cadence_from_trace(ctx: Context) -> Iterator[Finding]:
     lr = ctx.run.scalar("lr/0")
-    lr = lr[np.isfinite(lr) & (lr > 0)] if len(lr) else lr
+    # an LR of exactly 0 is a value of the schedule (cosine to eta_min=0, warmup from 0), not a gap
+    lr = lr[np.isfinite(lr) & (lr >= 0)] if len(lr) else lr
     if len(lr) < int(ctx.p("min_steps")):
         raise NotApplicable("no scheduler given to the probe and no LR trace (lr/0) to infer one from")
     v = lr.to_numpy(dtype=float)
@@ -495,8 +496,11 @@ def _cadence_from_trace(ctx: Context) -> Iterator[Finding]:
           "epochs": n_epochs, "lr_peak": peak, "lr_last": float(v[-1]), "max_lr": max_lr}
     spe = len(v) / n_epochs if n_epochs >= 2 else float("nan")
     # 1. an epoch schedule stepped every batch: the LR changes within epochs and collapses early
+    # after the peak: a warmup that starts near 0 is not a collapse
+    top = int(np.argmax(v >= 0.99 * peak))  # the first time it reaches its peak (cycles repeat it)
     collapse = np.flatnonzero(v <= float(ctx.p("collapse")) * peak)
-    if len(collapse) and collapse[0] < 0.5 * len(v) and len(changes) >= 3:
+    collapse = collapse[collapse > top]
+    if peak > 0 and len(collapse) and collapse[0] < 0.5 * len(v) and len(changes) >= 3:
         at = int(collapse[0])
         within = (n_epochs >= 1 and epochs is not None
                   and len(np.unique(epochs[changes])) < len(changes))  # several changes in one epoch
