@@ -595,3 +595,19 @@ def test_cadence_from_the_trace_of_a_cycling_cosine_and_not_from_a_warmup_from_z
     # a warmup from exactly 0 then a cosine decay over the whole run is a per-batch schedule done right
     warm = [1e-3 * s / 10 if s < 10 else 0.5e-3 * (1 + math.cos(math.pi * (s - 10) / 150)) for s in range(160)]
     assert _one(_lr_run(warm), "scheduler-step-cadence") is None
+
+
+class _LogOfSoftmax(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log(torch.softmax(x, dim=1))  # two steps: -inf once a probability underflows
+
+
+def test_nan_from_log_of_softmax_is_named_even_with_a_high_lr(tmp_path) -> None:
+    torch.manual_seed(0)
+    model = h.mlp(hidden=64, out_act=_LogOfSoftmax())
+    run = h.train(tmp_path / "r", model, h.scaled(h.teacher_task(n=512, n_val=128), 20.0), epochs=3,
+                  lr=0.1, criterion=nn.NLLLoss())
+    rep = report(run)
+    f = {x.name: x for x in rep.findings}["nan-or-inf"]
+    assert f.severity.value == "error" and "log(softmax(x))" in f.message
+    assert "log_softmax" in f.fixes[0]

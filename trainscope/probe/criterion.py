@@ -21,7 +21,7 @@ from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
 from trainscope.probe.buffer import RunBuffer
 from trainscope.probe.clock import Collector, StepClock
 from trainscope.probe.guard import HookGuard
-from trainscope.probe.util import distribution_facts, first_tensor, producer_name
+from trainscope.probe.util import distribution_facts, first_tensor, producer_chain, producer_name
 from trainscope.store import schema
 
 TARGET_STEPS = 200  # batch target statistics on every one of the first steps (and on recorded steps)
@@ -45,6 +45,8 @@ def criterion_facts(criterion: str, x: Tensor, target: Tensor | None) -> dict[st
     """The criterion_input detail (host values; called once per distinct loss)."""
     detail: dict[str, Any] = {"criterion": criterion,
                               "producer": producer_name(x),
+                              # what fed the producer: log(softmax(x)) is SoftmaxBackward0 under LogBackward0
+                              "producer_input": (producer_chain(x)[1:] or [""])[0],
                               "shape": list(x.shape), "input_shape": list(x.shape)}
     detail.update(distribution_facts(x))
     detail["dim1_size"] = int(x.shape[1]) if x.dim() >= 2 else None  # the dim softmax / CE normalize over

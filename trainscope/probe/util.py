@@ -180,12 +180,10 @@ _SHAPE_ONLY = ("View", "UnsafeView", "Reshape", "Squeeze", "Unsqueeze", "Permute
                "Clone", "Alias", "Select", "Slice", "AsStrided", "Flatten", "Unflatten", "ToCopy")
 
 
-def producer_name(t: torch.Tensor) -> str:
-    """The autograd node that computed `t`'s values, looking through shape-only ops; '' for a leaf."""
-    fn = t.grad_fn
+def _through_shape_ops(fn: Any) -> Any:
     for _ in range(8):
         if fn is None:
-            return ""
+            return None
         base = type(fn).__name__.rstrip("0123456789")
         base = base[: -len("Backward")] if base.endswith("Backward") else base
         if base not in _SHAPE_ONLY:
@@ -194,4 +192,22 @@ def producer_name(t: torch.Tensor) -> str:
         if len(inputs) != 1:
             break
         fn = inputs[0]
-    return type(fn).__name__ if fn is not None else ""
+    return fn
+
+
+def producer_chain(t: torch.Tensor, depth: int = 2) -> list[str]:
+    """The ops that computed `t`, newest first, looking through shape-only ops: ['LogBackward0',
+    'SoftmaxBackward0'] for torch.log(torch.softmax(x, 1)); [] for a leaf."""
+    out: list[str] = []
+    fn = _through_shape_ops(t.grad_fn)
+    while fn is not None and len(out) < depth:
+        out.append(type(fn).__name__)
+        inputs = [f for f, _ in fn.next_functions if f is not None and type(f).__name__ != "AccumulateGrad"]
+        fn = _through_shape_ops(inputs[0]) if len(inputs) == 1 else None
+    return out
+
+
+def producer_name(t: torch.Tensor) -> str:
+    """The autograd node that computed `t`'s values, looking through shape-only ops; '' for a leaf."""
+    chain = producer_chain(t, 1)
+    return chain[0] if chain else ""

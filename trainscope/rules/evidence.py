@@ -205,3 +205,22 @@ def guard_lr_fixes(fixes: tuple[str, ...], signs: list[str], lr_text: str | None
     lr = f" (peak {lr_text})" if lr_text else ""
     return kept + (f"The learning rate{lr} may be too high, not too low ({'; '.join(signs)}): "
                    "see lr-too-high before changing it",)
+
+
+def log_of_probabilities(run: Run) -> str | None:
+    """'log(softmax(x))' / 'log(sigmoid(x))' when a loss input was computed in two steps (the probe's
+    criterion_input producer and producer_input): -inf as soon as a probability underflows to 0."""
+    import json
+
+    ev = run.events
+    if ev.empty or "kind" not in ev:
+        return None
+    for raw in ev[ev["kind"] == "criterion_input"]["detail"]:
+        try:
+            d = json.loads(raw) if isinstance(raw, str) else dict(raw or {})
+        except (TypeError, ValueError):
+            continue
+        prod, inp = str(d.get("producer") or ""), str(d.get("producer_input") or "")
+        if prod.startswith("LogBackward") and inp.startswith(("SoftmaxBackward", "SigmoidBackward")):
+            return "log(softmax(x))" if inp.startswith("Softmax") else "log(sigmoid(x))"
+    return None

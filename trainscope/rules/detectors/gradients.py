@@ -27,6 +27,7 @@ from trainscope.rules.detectors._common import (
     train_loss,
 )
 from trainscope.families import QUARTER_SLOPE
+from trainscope.rules.evidence import log_of_probabilities
 from trainscope.rules.finding import Finding
 from trainscope.rules.registry import Context, NotApplicable, detector
 from trainscope.store import schema
@@ -308,6 +309,22 @@ CAUSAL_ORDER = {"activation": 0, "loss": 1, "grad": 2, "weight": 3}
 
 @detector("nan-or-inf")
 def nan_or_inf(ctx: Context) -> Iterator[Finding]:
+    cause = log_of_probabilities(ctx.run)
+    for f in _nan_or_inf(ctx):
+        if cause is None:
+            yield f
+            continue
+        # a loss computed as log(probabilities) is -inf once one probability underflows: the construction
+        # is the cause whatever the LR (lr-too-high does not explain this finding then)
+        fix = ("Use F.log_softmax(x, dim=1) (or CrossEntropyLoss on the logits) instead of torch.log(torch.softmax(x, 1))"
+               if "softmax" in cause else
+               "Use F.logsigmoid(x) (or BCEWithLogitsLoss on the logits) instead of torch.log(torch.sigmoid(x))")
+        yield dataclasses.replace(
+            f, message=f"{f.message}; the loss input is {cause}: a probability that underflows to 0 gives log(0) = -inf",
+            fixes=(fix,) + f.fixes, evidence=f.evidence + (("cause", cause),))
+
+
+def _nan_or_inf(ctx: Context) -> Iterator[Finding]:
     ev = events(ctx.run, "nonfinite")
     if not ev.empty:
         first_step = int(ev["step"].min())

@@ -19,6 +19,7 @@ from trainscope.rules.evidence import (
     clip_facts,
     early_rise,
     first_loss,
+    log_of_probabilities,
     lr_trace,
     rise_after_progress,
     too_high_signs,
@@ -237,4 +238,6 @@ def lr_too_high(ctx: Context) -> Iterator[Finding]:
                   "preclip_norm": clip["preclip_norm"] if clip else None,
                   "suggested_lr": new_lr},
         fix_values={"lr": fmt(peak) if peak else "?", "lr_new": new_lr, "factor": fmt(factor)},
+        # a NaN from log(softmax(x)) comes from the construction, not from the step size
+        explains=() if log_of_probabilities(ctx.run) else ("nan-or-inf",),
     )
