@@ -611,3 +611,36 @@ def test_nan_from_log_of_softmax_is_named_even_with_a_high_lr(tmp_path) -> None:
     f = {x.name: x for x in rep.findings}["nan-or-inf"]
     assert f.severity.value == "error" and "log(softmax(x))" in f.message
     assert "log_softmax" in f.fixes[0]
+
+
+def _loop_with_optimizer_over(tmp_path, name: str, pick) -> "trainscope.store.run.Run":
+    from trainscope.store.reader import load_run
+
+    torch.manual_seed(0)
+    d = h.teacher_task(n=256, n_val=64)
+    model = h.mlp()
+    opt = torch.optim.SGD(pick(model), lr=0.05)
+    crit = nn.CrossEntropyLoss()
+    with trainscope.watch(model, tmp_path / name, optimizer=opt) as probe:
+        for epoch in range(2):
+            for i in range(0, 256, 32):
+                opt.zero_grad()
+                loss = crit(model(d.x_train[i:i + 32]), d.y_train[i:i + 32])
+                loss.backward()
+                opt.step()
+                probe.log(epoch=epoch, train_loss=loss)
+    return load_run(tmp_path / name)
+
+
+def test_zero_grad_is_judged_on_a_parameter_the_optimizer_holds(tmp_path) -> None:
+    # the last layer left out of the optimizer: optimizer.zero_grad() is called, so no missing-zero-grad;
+    # the left-out layer is parameters-not-updated's finding
+    part = _loop_with_optimizer_over(tmp_path, "part", lambda m: list(m[0].parameters()) + list(m[2].parameters()))
+    found = {x.name: x for x in report(part).findings}
+    assert "missing-zero-grad" not in found and found["parameters-not-updated"].severity.value == "error"
+    # an optimizer over another model's parameters: the model's .grad piles up, explained by the wiring bug
+    other = h.mlp()
+    alien = _loop_with_optimizer_over(tmp_path, "alien", lambda m: other.parameters())
+    found = {x.name: x for x in report(alien).findings}
+    assert found["parameters-not-updated"].severity.value == "error"
+    assert "missing-zero-grad" not in found or found["missing-zero-grad"].severity.value == "info"

@@ -51,13 +51,22 @@ class Collector:
         """Undo the step_begin that followed `mark()` (its rows in the buffer are removed by the clock)."""
 
 
-def pick_sentinel(params: Sequence[Tensor]) -> Tensor | None:
+def pick_sentinel(params: Sequence[Tensor], optimizer: torch.optim.Optimizer | None = None) -> Tensor | None:
     """The smallest trainable parameter (a bias or norm weight, later layers first): its hook tells
     when a backward reaches the parameters and whether .grad was reset since the last optimizer step,
-    at the cost of one reduction over a few hundred numbers per step."""
+    at the cost of one reduction over a few hundred numbers per step. With an optimizer, one that it
+    holds: optimizer.zero_grad() never resets a parameter outside it, which would read as a missing
+    zero_grad (the real bug there is the parameter left out: parameters-not-updated)."""
     if not params:
         return None
-    return min(reversed(list(params)), key=lambda p: p.numel())
+    candidates = list(params)
+    if optimizer is not None:
+        try:
+            held = {id(p) for g in optimizer.param_groups for p in g.get("params", [])}
+        except Exception:  # an optimizer-like object without param_groups
+            held = set()
+        candidates = [p for p in candidates if id(p) in held] or candidates
+    return min(reversed(candidates), key=lambda p: p.numel())
 
 
 class StepClock:

@@ -104,7 +104,7 @@ class Probe:
                                 t0=time.monotonic())
         layers = layers_with_params(self.model)
         self.clock = StepClock(self.guard, every=self.every, optimizer=optimizer,
-                               sentinel=pick_sentinel([p for _, _, _, ps in layers for p in ps]))
+                               sentinel=pick_sentinel([p for _, _, _, ps in layers for p in ps], optimizer))
         self.clock.now = self.buffer.now
         self.clock.sentinel_owner = next((m for _, m, _, ps in layers if any(p is self.clock.sentinel for p in ps)),
                                          None)

@@ -138,6 +138,9 @@ def parameters_not_updated(ctx: Context) -> Iterator[Finding]:
                   "unchanged": unchanged, "optimizer_foreign": foreign_opt, "foreign_weights": len(fw)},
         severity=None if severe else "warning",
         extra_fixes=fixes,
+        # no model parameter in the optimizer: optimizer.zero_grad() resets none of them, so their .grad
+        # piles up; that missing reset is this finding's consequence, not a second bug
+        explains=("missing-zero-grad",) if n and len(outside) >= n else (),
     )
 
 
