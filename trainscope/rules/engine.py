@@ -188,6 +188,10 @@ def explain(findings: list[Finding], catalogue: dict[str, CatalogueRule]) -> lis
     """Demote symptoms explained by a root cause present in the same run (see module doc)."""
 
     def explained_names(f: Finding) -> set[str]:
+        # an info finding is, by its own detector's judgement, not harm measured in this run: it cannot
+        # be the cause of a symptom (and must not be raised to that symptom's severity)
+        if f.severity == Severity.INFO:
+            return set(f.explains) - {f.name}
         static = catalogue[f.name].explains if f.name in catalogue else ()
         return (set(f.explains) | set(static)) - {f.name}
 
