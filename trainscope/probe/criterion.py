@@ -136,10 +136,38 @@ class CriterionWatch(Collector):
         self._functional_seen = False
         self._loss_depth = 0  # inside a loss module's forward: its functional call is that module's
         self._targets_step = -1  # the step whose batch targets were recorded
+        self._eval_armed: dict[int, Any] = {}  # loss module id -> its validation-call hook
+        self._eval_seen: set[int] = set()  # loss modules whose validation call was described
 
     # -------------------------------------------------------------- arming
     def install(self) -> None:
         self.on_forward_begin(0)  # the given criterion may run before any forward of the watched module
+
+    def on_eval_forward(self) -> None:
+        """A grad-disabled forward of the watched model (validation): arm a hook on each known loss module
+        until its first grad-disabled call, to see what a validation loss receives (a softmax applied only
+        in the validation step is invisible to the training-side facts). Training calls never pay for it."""
+        for m in self._loss_modules:
+            if id(m) in self._eval_seen or id(m) in self._eval_armed:
+                continue
+            self._eval_armed[id(m)] = m.register_forward_hook(self.guard.wrap("criterion_eval", self._eval_called))
+
+    def _eval_called(self, mod: nn.Module, args: Any, output: Any) -> None:
+        if torch.is_grad_enabled():
+            return
+        self._eval_seen.add(id(mod))
+        h = self._eval_armed.pop(id(mod), None)
+        if h is not None:
+            h.remove()
+        x = first_tensor(args)
+        if x is None or not isinstance(x, Tensor) or not x.is_floating_point():
+            return
+        target = args[1] if isinstance(args, tuple) and len(args) > 1 and isinstance(args[1], Tensor) else None
+        detail = criterion_facts(type(mod).__name__, x, target)
+        detail["source"] = "given" if mod is self.criterion else "module"
+        loss = first_tensor(output)
+        value = float(loss.detach().float()) if isinstance(loss, Tensor) and loss.numel() == 1 else float("nan")
+        self.buffer.event(self.clock.fwd_step, "criterion_input_eval", "", value, detail)
 
     def wants_window(self, step: int) -> bool:
         return step < DISCOVERY_STEPS or self.clock.recorded(step) or (self._functional_seen and step < TARGET_STEPS)
@@ -196,6 +224,8 @@ class CriterionWatch(Collector):
         self.close_window()
         self._remove(self._step_hooks)
         self._remove(self.handles)
+        self._remove(list(self._eval_armed.values()))
+        self._eval_armed.clear()
 
     @staticmethod
     def _remove(handles: list[Any]) -> None:

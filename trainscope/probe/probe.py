@@ -304,6 +304,7 @@ class Probe:
     def _on_forward_pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         if not torch.is_grad_enabled():
             self.loop.on_eval_forward(module)  # validation / inference forwards are not training steps
+            self.criterion_watch.on_eval_forward()
             return
         clock = self.clock
         clock.on_forward()

@@ -89,6 +89,7 @@ COLUMNS = {SCALARS: SCALAR_COLUMNS, LAYERS: LAYER_COLUMNS, EVENTS: EVENT_COLUMNS
 EVENT_KINDS = (
     "nonfinite",  # first NaN/Inf: layer, detail.tensor in {loss, activation, grad, weight}
     "criterion_input",  # what reached the loss: detail.{criterion, producer, is_prob, is_log_prob, num_classes, ...}
+    "criterion_input_eval",  # the same facts for the first grad-disabled (validation) call of each loss module
     "model_output",  # last op of the model output: detail.{producer, min, max, row_sum_mean}
     "input_scale",  # first-layer input statistics: detail.{mean, std, min, max, feature_std_max}
     "batchnorm_batch",  # smallest batch a BatchNorm layer saw in train mode: value, layer
