@@ -644,3 +644,32 @@ def test_zero_grad_is_judged_on_a_parameter_the_optimizer_holds(tmp_path) -> Non
     found = {x.name: x for x in report(alien).findings}
     assert found["parameters-not-updated"].severity.value == "error"
     assert "missing-zero-grad" not in found or found["missing-zero-grad"].severity.value == "info"
+
+
+def test_softmax_only_in_the_validation_loss_is_found(tmp_path) -> None:
+    from trainscope.store.reader import load_run
+
+    def make(name: str, softmax_in_val: bool):
+        torch.manual_seed(0)
+        d = h.teacher_task(n=256, n_val=64)
+        model = h.mlp()
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        crit = nn.CrossEntropyLoss()
+        with trainscope.watch(model, tmp_path / name, optimizer=opt, criterion=crit) as probe:
+            for epoch in range(2):
+                model.train()
+                for i in range(0, 256, 32):
+                    opt.zero_grad()
+                    loss = crit(model(d.x_train[i:i + 32]), d.y_train[i:i + 32])
+                    loss.backward()
+                    opt.step()
+                    probe.log(epoch=epoch, train_loss=loss)
+                model.eval()
+                with torch.no_grad():
+                    out = model(d.x_val)
+                    probe.log(epoch=epoch, val_loss=crit(torch.softmax(out, 1) if softmax_in_val else out, d.y_val))
+        return load_run(tmp_path / name)
+
+    f = {x.name: x for x in report(make("val-softmax", True)).findings}["softmax-before-cross-entropy"]
+    assert f.severity.value == "error" and "in evaluation" in f.message
+    assert "softmax-before-cross-entropy" not in {x.name for x in report(make("val-logits", False)).findings}

@@ -73,12 +73,40 @@ def _criterion_name(ctx: Context, d: dict[str, Any]) -> str:
     return str(name)
 
 
+def _probabilities_into_ce(ctx: Context, d: dict[str, Any]) -> bool:
+    return canonical_criterion(_criterion_name(ctx, d)) in CE_LOSSES and (
+        _op(_producer(d)) == "softmax" or (bool(d.get("is_prob")) and not bool(d.get("is_log_prob"))))
+
+
 @detector("softmax-before-cross-entropy")
 def softmax_before_cross_entropy(ctx: Context) -> Iterator[Finding]:
-    rows = [(r, d) for r, d in _criterion_inputs(ctx)
-            if canonical_criterion(_criterion_name(ctx, d)) in CE_LOSSES
-            and (_op(_producer(d)) == "softmax" or (bool(d.get("is_prob")) and not bool(d.get("is_log_prob"))))]
+    try:
+        inputs = _criterion_inputs(ctx)
+    except NotApplicable:
+        inputs = []
+    rows = [(r, d) for r, d in inputs if _probabilities_into_ce(ctx, d)]
     if not rows:
+        # the validation step's own loss call (grad disabled): a softmax added only there distorts the
+        # validation loss, which early stopping and checkpointing then act on
+        ev = events(ctx.run, "criterion_input_eval")
+        evals = [(r, detail(r)) for _, r in ev.iterrows()]
+        bad = [(r, d) for r, d in evals if _probabilities_into_ce(ctx, d) and _dim1(d) != 1]
+        if not inputs and not evals:
+            raise NotApplicable("no criterion_input event (the probe saw no loss function)")
+        if bad:
+            row, d = bad[0]
+            rs = d.get("row_sum_mean")
+            yield ctx.finding(
+                f"{canonical_criterion(_criterion_name(ctx, d))} receives probabilities in evaluation (a grad-disabled "
+                f"call at step {int(row['step'])}: rows are probabilities"
+                + (f", summing to {fmt(rs)}" if rs is not None else "")
+                + "), while training feeds it logits: the validation loss is computed on softmax(logits) and is "
+                "squashed toward a floor, so early stopping and checkpoint choices read a distorted curve",
+                steps=(int(row["step"]), int(row["step"])),
+                evidence={"criterion": canonical_criterion(_criterion_name(ctx, d)), "phase": "eval",
+                          "is_prob": True, "row_sum_mean": rs},
+                fix_values={"producer": "the softmax in the validation step"},
+            )
         return
     row, d = rows[0]
     crit = canonical_criterion(_criterion_name(ctx, d))
