@@ -36,6 +36,11 @@ class LoopFacts(Collector):
         self._has_dropout = any(t.startswith(("Dropout", "AlphaDropout", "FeatureAlphaDropout")) for t in types)
         self._has_batchnorm = any(t.startswith(("BatchNorm", "SyncBatchNorm")) for t in types)
         self._eval_training: bool | None = None  # training flag of the latest grad-disabled forward
+        # forwards that no backward reached (validation without torch.no_grad): counted from the second
+        # forward in a row without a backward; `pending` holds one reached-flag per watched output
+        self.fwd_since_backward = 0
+        self.pending: list[list[bool]] = []
+        self.unbacked_reported = not (self._has_dropout or self._has_batchnorm)  # harmless without them
 
     def on_eval_forward(self, module: torch.nn.Module) -> None:
         """A grad-disabled forward (validation, inference_mode): written first and when its mode changes."""
@@ -54,10 +59,38 @@ class LoopFacts(Collector):
         if self.last_mode is not None and mode != self.last_mode:
             self.buffer.event(self.clock.step, "mode", "", 1.0 if mode else 0.0, {"training": mode})
         self.last_mode = mode
+        self.fwd_since_backward += 1
         if x is not None and x.dim() > 0:
             self.batch_size = int(x.shape[0])
 
+    def watch_output(self) -> bool:
+        """Whether the current training forward's output should get a reached-flag: the second forward
+        (or later) since the last backward, in train mode, on a model with Dropout/BatchNorm."""
+        return not self.unbacked_reported and self.fwd_since_backward >= 2 and bool(self.last_mode)
+
+    def on_output(self, out: Tensor) -> None:
+        cell = [False]
+
+        def reached(grad: Tensor) -> None:
+            cell[0] = True
+
+        out.register_hook(reached)
+        self.pending.append(cell)
+
+    def check_unbacked(self, step: int) -> None:
+        if not self.pending:
+            return
+        missed = sum(1 for c in self.pending if not c[0])
+        self.pending.clear()
+        if missed >= 2:  # a validation pass, not one stray forward
+            self.unbacked_reported = True
+            self.buffer.event(step, "eval_forward", "", 1.0,
+                              {"training": True, "grad_enabled": True, "forwards": missed,
+                               "has_dropout": self._has_dropout, "has_batchnorm": self._has_batchnorm,
+                               "step": step})
+
     def on_backward(self) -> None:
+        self.fwd_since_backward = 0
         self.backwards += 1
         if self._check_reset:
             self._check_reset = False
@@ -71,6 +104,7 @@ class LoopFacts(Collector):
             self._grad_reset = 1.0 if g is None else (g == 0).all()
 
     def on_step_begin(self, step: int, record: bool) -> None:
+        self.check_unbacked(step)
         groups = self.optimizer.param_groups if self.optimizer is not None else ()
         sched = self.scheduler
         count = None

@@ -98,6 +98,7 @@ class Probe:
         self._closed = False
         self._handles: list[Any] = []
         self._post_handle: Any = None  # the model's forward hook, registered only for forwards that need it
+        self._watch_output = False  # this forward's output gets a reached-flag (LoopFacts.watch_output)
 
         self.guard = HookGuard(on_error=self._on_hook_error)
         self.buffer = RunBuffer(self.writer, self.guard, flush_seconds=flush_seconds, flush_rows=flush_rows,
@@ -218,6 +219,10 @@ class Probe:
             self.guard.failed("step_end", e)
         if self._closed:  # a live finding (on_finding="raise") closed the run meanwhile
             return
+        try:
+            self.loop.check_unbacked(self.clock.step)  # a final validation pass: no backward will come
+        except Exception as e:
+            self.guard.failed("loop_facts", e)
         self.loss_fallback.commit()
         self._closed = self.guard.closed = True
         handles = (self._handles + self.clock.handles + self.criterion_watch.handles + self.activations.handles
@@ -318,6 +323,9 @@ class Probe:
         if not self.tracking.done:
             self.tracking.on_batch((args, kwargs) if kwargs else args)
         self.loop.on_forward(module, x)
+        if self.loop.watch_output():
+            self._watch_output = True
+            self._arm_post_hook()
         self.criterion_watch.on_forward_begin(step)
         first = not self.trace.done
         if first:
@@ -357,6 +365,11 @@ class Probe:
         if not self.trace.done:
             self.trace.end(self.clock.step, output)
             self.foreign.write(self.clock.step)
+        if self._watch_output:
+            self._watch_output = False
+            out = first_tensor(output)
+            if isinstance(out, torch.Tensor) and out.requires_grad:
+                self.loop.on_output(out)
         self.criterion_watch.open_window(self.clock.step)
 
     def _first_forward_call(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:

@@ -98,7 +98,8 @@ EVENT_KINDS = (
     "hook_error",  # a probe hook failed and disabled itself: detail.{hook, error}
     "run",  # lifecycle: detail.{what: start|close}
     "eval_forward",  # grad-disabled forward of the watched model: value 1.0 if model.training; detail.{training,
-    #                  has_dropout, has_batchnorm, step}; the first one and each change of the training flag
+    #                  has_dropout, has_batchnorm, step}; the first one and each change of the training flag;
+    #                  also (grad_enabled: true, forwards: N) for N>=2 train-mode forwards no backward reached
     "parameter_status",  # after step 2 and at close: detail.{never_grad, all_zero_grad, not_in_optimizer,
     #                      unchanged: [parameter names], optimizer_foreign, n_trainable: counts}
     "anomaly_capture",  # the loss or the global grad norm jumped (> 10x its running median, or NaN/Inf): the steps
