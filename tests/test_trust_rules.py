@@ -673,3 +673,40 @@ def test_softmax_only_in_the_validation_loss_is_found(tmp_path) -> None:
     f = {x.name: x for x in report(make("val-softmax", True)).findings}["softmax-before-cross-entropy"]
     assert f.severity.value == "error" and "in evaluation" in f.message
     assert "softmax-before-cross-entropy" not in {x.name for x in report(make("val-logits", False)).findings}
+
+
+def _dropout_loop(tmp_path, name: str, *, val: str = "", accumulate_summed: int = 1):
+    """A dropout MLP; val: '' (none), 'train-mode' (no eval(), no no_grad), 'eval' (eval(), no no_grad)."""
+    from trainscope.store.reader import load_run
+
+    torch.manual_seed(0)
+    d = h.teacher_task(n=256, n_val=128)
+    model = h.mlp(dropout=0.3)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    crit = nn.CrossEntropyLoss()
+    with trainscope.watch(model, tmp_path / name, optimizer=opt, criterion=crit) as probe:
+        for epoch in range(3):
+            model.train()
+            for i in range(0, 256, 32 * accumulate_summed):
+                opt.zero_grad()
+                losses = [crit(model(d.x_train[j:j + 32]), d.y_train[j:j + 32])
+                          for j in range(i, i + 32 * accumulate_summed, 32)]
+                loss = sum(losses)  # several forwards, one backward: every output is reached
+                loss.backward()
+                opt.step()
+                probe.log(epoch=epoch, train_loss=loss)
+            if val:
+                if val == "eval":
+                    model.eval()
+                for j in range(0, 128, 32):  # no torch.no_grad(): the graph is built and thrown away
+                    probe.log(epoch=epoch, val_loss=crit(model(d.x_val[j:j + 32]), d.y_val[j:j + 32]).item())
+    return load_run(tmp_path / name)
+
+
+def test_validation_without_no_grad_in_train_mode_is_found(tmp_path) -> None:
+    f = {x.name: x for x in report(_dropout_loop(tmp_path, "val-train", val="train-mode")).findings}[
+        "train-mode-during-evaluation"]
+    assert f.severity.value == "error" and "never backpropagated" in f.message
+    for name, kw in (("val-eval", {"val": "eval"}), ("summed-accumulation", {"accumulate_summed": 4})):
+        names = {x.name for x in report(_dropout_loop(tmp_path, name, **kw)).findings}
+        assert "train-mode-during-evaluation" not in names, name

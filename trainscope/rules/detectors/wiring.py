@@ -163,9 +163,11 @@ def train_mode_during_evaluation(ctx: Context) -> Iterator[Finding]:
               " during evaluation, so the metrics are noisy and wrong" if mods
               else "no Dropout/BatchNorm today, so the numbers are right, but they will not be once one is added")
     step = int(in_train.iloc[0]["step"])
+    what = (f"{d.get('forwards')} forwards of the model after step {step} were never backpropagated (a validation "
+            "pass, without torch.no_grad()) and ran with model.training == True" if d.get("grad_enabled") else
+            f"a grad-disabled forward of the model (validation/inference) ran with model.training == True at step {step}")
     yield ctx.finding(
-        f"a grad-disabled forward of the model (validation/inference) ran with model.training == True at step {step}; "
-        + effect,
+        what + "; " + effect,
         steps=(step, int(in_train.iloc[-1]["step"])),
         evidence={"first_step": step, "modules": mods, "evals_in_train_mode": len(in_train)},
         severity=None if mods else "info",
