@@ -151,7 +151,11 @@ def _harm(ctx: Context, f: Finding) -> list[str]:
     v = float("nan")
     if len(stds) >= 2 and stds[0][1] > 0:
         v = (stds[-1][1] / stds[0][1]) ** 2
-        if v <= fmin or v >= fmax:
+        # exactly 0 is a dead unit (every output below zero), dead-relu's evidence, not a scale the
+        # init gave the signal: it must not make the init the cause of that death
+        if v == 0:
+            v = float("nan")
+        elif v <= fmin or v >= fmax:
             out.append(f"activation variance {'shrinks' if v < 1 else 'grows'} {fmt(v)}x from {layer_name(stds[0][0])} "
                        f"to {layer_name(stds[-1][0])} at the first step (bounds {fmt(fmin)}..{fmt(fmax)})")
     elif len(stds) >= 1 and stds[0][1] == 0:
