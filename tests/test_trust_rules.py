@@ -359,6 +359,9 @@ def test_contract_output_activation_fits() -> None:
               {"criterion": "BCELoss", "producer": "SigmoidBackward0", "is_prob": True, "target_min": 0,
                "target_max": 1, "target_multi_label": True},
               {"criterion": "nll_loss", "producer": "LogSoftmaxBackward0", "is_log_prob": True},
+              # a sigmoid behind max-pooling and a clamp is still a probability: BCELoss fits it
+              {"criterion": "BCELoss", "producer": "ClampBackward1", "is_prob": False, "min": 0.49, "max": 0.58,
+               "target_min": 0.0, "target_max": 1.0},
               # a Gaussian heatmap spans 0..1 but is a regression target: MSE on a sigmoid fits it
               {"criterion": "MSELoss", "producer": "SigmoidBackward0", "is_prob": True, "target_min": 0.0,
                "target_max": 1.0, "target_integer": False, "target_binary": False, "target_in_unit": True}):

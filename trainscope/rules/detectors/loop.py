@@ -200,7 +200,10 @@ def _mismatch(crit: str, producer: str, d: dict[str, Any]) -> tuple[str, str] | 
             return "NLLLoss expects log-probabilities (log_softmax), but it receives probabilities (softmax)", ""
         if producer and op != "log_softmax" and not is_log_prob:
             return f"NLLLoss expects log-probabilities (log_softmax), but it receives raw outputs ({producer})", ""
-    if crit == "BCELoss" and producer and op not in ("sigmoid", "softmax") and not is_prob:
+    # raw outputs are told by their values: a sigmoid behind a clamp or a max-pool is still in 0..1
+    # (and BCELoss itself refuses values outside 0..1, so a run that trains mostly has them inside)
+    outside_unit = (lo is not None and lo < 0) or (hi is not None and hi > 1)
+    if crit == "BCELoss" and producer and op not in ("sigmoid", "softmax") and not is_prob and outside_unit:
         return f"BCELoss expects probabilities, but it receives raw outputs ({producer}); use BCEWithLogitsLoss", ""
     # 2. a softmax (one class per row) against multi-label targets (several 1s per row)
     if op == "softmax" and d.get("target_multi_label") and crit in ("BCELoss", "MSELoss", "BCEWithLogitsLoss"):
