@@ -713,3 +713,10 @@ def test_validation_without_no_grad_in_train_mode_is_found(tmp_path) -> None:
     for name, kw in (("val-eval", {"val": "eval"}), ("summed-accumulation", {"accumulate_summed": 4})):
         names = {x.name for x in report(_dropout_loop(tmp_path, name, **kw)).findings}
         assert "train-mode-during-evaluation" not in names, name
+
+
+def test_a_log_printed_with_few_digits_is_not_frozen(tmp_path) -> None:
+    # a converged loss printed to 2 decimals repeats exactly; that is the printing, not a frozen model
+    rep = _log(tmp_path, "rounded", "epoch,train_loss", [f"{e},0.01" for e in range(1, 6)])
+    f = {x.name: x for x in rep.findings}.get("loss-not-decreasing")
+    assert f is None or not f.evidence_dict.get("frozen")

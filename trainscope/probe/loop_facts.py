@@ -66,7 +66,9 @@ class LoopFacts(Collector):
     def watch_output(self) -> bool:
         """Whether the current training forward's output should get a reached-flag: the second forward
         (or later) since the last backward, in train mode, on a model with Dropout/BatchNorm."""
-        return not self.unbacked_reported and self.fwd_since_backward >= 2 and bool(self.last_mode)
+        # at most 64 flags wait for a step: an inference pass with gradients on is judged by its first ones
+        return (not self.unbacked_reported and self.fwd_since_backward >= 2 and bool(self.last_mode)
+                and len(self.pending) < 64)
 
     def on_output(self, out: Tensor) -> None:
         cell = [False]

@@ -82,6 +82,13 @@ def _unit(run: Run, t: pd.Series) -> str:
     return f"{len(t)} logged values (steps {t.index[0]}-{t.index[-1]})"
 
 
+def _significant_digits(x: float) -> int:
+    if x == 0 or not np.isfinite(x):
+        return 0
+    mantissa = f"{abs(x):.15g}".split("e")[0].replace(".", "").lstrip("0")
+    return len(mantissa.rstrip("0")) or 1
+
+
 def _frozen(ctx: Context) -> list[Finding] | None:
     """A loss that is the very same number at every logged value (3+): degenerate data, the clearest
     evidence that nothing learns (principle 3), judged even on a short log. Without a training loss the
@@ -94,6 +101,10 @@ def _frozen(ctx: Context) -> list[Finding] | None:
         return None
     v = finite(s)
     if len(v) < int(ctx.p("min_frozen")) or float(v.max()) != float(v.min()):
+        return None
+    # "0.01, 0.01, 0.01" (or 0) in a log printed with few digits can be a converged loss that still
+    # moves below the printed precision: frozen needs a value written with 3+ significant digits
+    if _significant_digits(float(v.iloc[0])) < 3:
         return None
     f = ctx.finding(
         f"the {which} is exactly {fmt(float(v.iloc[0]), 6)} at every one of {_unit(ctx.run, v)}: the model's output "
@@ -458,8 +469,8 @@ def oscillation(ctx: Context) -> list[Finding]:
             amp = float(np.mean(off[off >= ctx.p("min_val_swing")]))
             # harm: swings that matter on the scale the run travelled (its first loss down to this
             # level); a val loss bouncing 20% around 2% of where training started has converged
-            t0 = finite(first_series(ctx.run, TRAIN_LOSS_NAMES) if first_series(ctx.run, TRAIN_LOSS_NAMES) is not None
-                        else pd.Series(dtype=float))
+            t_all = first_series(ctx.run, TRAIN_LOSS_NAMES)
+            t0 = finite(t_all) if t_all is not None else pd.Series(dtype=float)
             start = max(float(t0.iloc[0]) if len(t0) else float("nan"), float(np.max(v)))
             travelled = start - level if np.isfinite(start) else float("nan")
             of_range = amp * level / travelled if np.isfinite(travelled) and travelled > 0 else float("nan")
