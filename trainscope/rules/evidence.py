@@ -210,16 +210,10 @@ def guard_lr_fixes(fixes: tuple[str, ...], signs: list[str], lr_text: str | None
 def log_of_probabilities(run: Run) -> str | None:
     """'log(softmax(x))' / 'log(sigmoid(x))' when a loss input was computed in two steps (the probe's
     criterion_input producer and producer_input): -inf as soon as a probability underflows to 0."""
-    import json
+    from trainscope.rules.detectors._common import detail, events
 
-    ev = run.events
-    if ev.empty or "kind" not in ev:
-        return None
-    for raw in ev[ev["kind"] == "criterion_input"]["detail"]:
-        try:
-            d = json.loads(raw) if isinstance(raw, str) else dict(raw or {})
-        except (TypeError, ValueError):
-            continue
+    for _, row in events(run, "criterion_input").iterrows():
+        d = detail(row)
         prod, inp = str(d.get("producer") or ""), str(d.get("producer_input") or "")
         if prod.startswith("LogBackward") and inp.startswith(("SoftmaxBackward", "SigmoidBackward")):
             return "log(softmax(x))" if inp.startswith("Softmax") else "log(sigmoid(x))"

@@ -216,6 +216,11 @@ def unstable_gradients(ctx: Context) -> Iterator[Finding]:
     )
 
 
+def _all_zero_steps(g: pd.DataFrame) -> pd.Series:
+    """Per recorded step (gradient rows): True when every recorded layer's gradient norm is exactly 0."""
+    return g.groupby("step")["norm"].apply(lambda x: bool(x.notna().any() and (x.dropna() == 0).all()))
+
+
 def _output_relu_dead(ctx: Context) -> Finding | None:
     """The model's output comes from a ReLU (module or F.relu) and is exactly 0 for the whole batch,
     and the gradients stay exactly zero afterwards: the output unit never fires again."""
@@ -228,7 +233,7 @@ def _output_relu_dead(ctx: Context) -> Finding | None:
     g = layer_rows(ctx.run, "grad")
     if g.empty:
         return None
-    per_step = g.groupby("step")["norm"].apply(lambda x: bool(x.notna().any() and (x.dropna() == 0).all()))
+    per_step = _all_zero_steps(g)
     frac = float(per_step.mean())
     if len(per_step) < int(ctx.p("min_steps")) or frac < float(ctx.p("sustain")) or not bool(per_step.iloc[-1]):
         return None
@@ -400,7 +405,7 @@ def zero_gradients(ctx: Context) -> Iterator[Finding]:
     steps: tuple[int, int] | None = None
     how = ""
     if not g.empty:
-        per_step = g.groupby("step")["norm"].apply(lambda x: bool(x.notna().any() and (x.dropna() == 0).all()))
+        per_step = _all_zero_steps(g)
         frac = float(per_step.mean())
         if frac < float(ctx.p("min_frac")):
             return
