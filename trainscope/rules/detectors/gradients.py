@@ -217,8 +217,16 @@ def unstable_gradients(ctx: Context) -> Iterator[Finding]:
 
 
 def _all_zero_steps(g: pd.DataFrame) -> pd.Series:
-    """Per recorded step (gradient rows): True when every recorded layer's gradient norm is exactly 0."""
-    return g.groupby("step")["norm"].apply(lambda x: bool(x.notna().any() and (x.dropna() == 0).all()))
+    """Per recorded step (gradient rows): True when every recorded layer's gradient norm is exactly 0.
+
+    A step counts when it has at least one non-NaN norm and none that is non-zero; counted with
+    bincount over the steps (a Python function per group took seconds on a 10M-row run)."""
+    steps, inv = np.unique(g["step"].to_numpy(), return_inverse=True)
+    norm = g["norm"].to_numpy(dtype=np.float64, na_value=np.nan)
+    seen = ~np.isnan(norm)
+    n_seen = np.bincount(inv, weights=seen, minlength=len(steps))
+    n_nonzero = np.bincount(inv, weights=seen & (norm != 0), minlength=len(steps))
+    return pd.Series((n_seen > 0) & (n_nonzero == 0), index=pd.Index(steps, name="step"), name="norm")
 
 
 def _output_relu_dead(ctx: Context) -> Finding | None:
