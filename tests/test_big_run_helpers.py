@@ -1,7 +1,8 @@
 """Fast paths for big runs (benchmarks/diagnose_big.py): the same answers as the slow ones.
 
-`pivot` builds with numpy what `DataFrame.pivot_table(aggfunc="mean")` built; `layer_rows` selects
-once per run and kind; the reader skips sorting what is already in (step, rank) order.
+`pivot` builds with numpy what `DataFrame.pivot_table(aggfunc="mean")` built (and with `rows=` what
+it builds of the masked frame); `layer_rows` selects once per run and kind; `compute_mask` looks the
+type up by code; the reader skips sorting what is already in (step, rank) order.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import pandas as pd
 import pytest
 
 from trainscope.report.synthetic import synthetic_run
-from trainscope.rules.detectors._common import compute_mask, is_compute, layer_rows, pivot
+from trainscope.rules.detectors._common import compute_grad_norms, compute_mask, is_compute, kind_rows, layer_rows, pivot
 from trainscope.rules.registry import NotApplicable
 from trainscope.store.reader import _sorted_by_step_rank
 
@@ -46,9 +47,35 @@ def test_layer_rows_is_selected_once_and_follows_a_new_frame() -> None:
         layer_rows(run, "grad")
 
 
+def test_pivot_of_masked_rows_equals_pivot_of_the_masked_frame() -> None:
+    rng = np.random.default_rng(2)
+    n = 3000
+    df = pd.DataFrame({"step": rng.integers(0, 100, n).astype(np.int64),
+                       "layer": pd.array(rng.choice(["b", "a", "c"], n), dtype="string"),
+                       "order": rng.integers(0, 3, n).astype(np.int32), "norm": rng.standard_normal(n)})
+    rows = (df["norm"] > -0.5) & (df["layer"] != "c")
+    pd.testing.assert_frame_equal(pivot(df, "norm", rows=rows), pivot(df[rows], "norm"))
+
+
+def test_layer_rows_of_one_rank_and_of_several() -> None:
+    run = synthetic_run(200, 3, every=10, epochs=2)
+    g = run.layers[run.layers["kind"] == "grad"]
+    pd.testing.assert_frame_equal(kind_rows(run, "grad"), g)
+    pd.testing.assert_frame_equal(layer_rows(run, "grad"), g)  # every row is rank 0: no copy needed
+    run.layers = pd.concat([run.layers, run.layers.assign(rank=np.int32(1))], ignore_index=True)
+    g = run.layers[run.layers["kind"] == "grad"]
+    pd.testing.assert_frame_equal(kind_rows(run, "grad"), g)
+    pd.testing.assert_frame_equal(layer_rows(run, "grad"), g[g["rank"] == 0])
+    norms = compute_grad_norms(run)
+    assert compute_grad_norms(run) is norms and norms.shape[1] >= 2
+
+
 def test_compute_mask_matches_is_compute() -> None:
-    types = pd.Series(["Linear", "LayerNorm", "Embedding", "Conv2d", "BatchNorm2d", "Linear"], dtype="string")
-    assert compute_mask(types).tolist() == [is_compute(t) for t in types]
+    types = pd.Series(["Linear", "LayerNorm", "Embedding", "Conv2d", None, "BatchNorm2d", "Linear"], dtype="string",
+                      index=[5, 3, 1, 0, 9, 8, 7])
+    mask = compute_mask(types)
+    assert mask.tolist() == [is_compute(t) for t in types] and mask.index.equals(types.index)
+    assert mask.dtype == bool and compute_mask(types[:0]).tolist() == []
 
 
 def test_sorted_check_agrees_with_a_stable_sort() -> None:

@@ -133,15 +133,14 @@ def rise_after_progress(run: Run, factor: float = EARLY_RISE, keep: float = 0.5)
 def update_ratio_per_step(run: Run) -> pd.Series:
     """Median update ratio ||dW||/||W|| across compute layers at each recorded step (all steps,
     warmup included); empty without update statistics."""
-    from trainscope.rules.detectors._common import is_compute
+    from trainscope.rules.detectors._common import compute_mask, layer_rows
+    from trainscope.rules.registry import NotApplicable
 
-    df = run.layers
-    if df.empty:
+    try:
+        u = layer_rows(run, "update")
+    except NotApplicable:  # no layer statistics, or no update rows
         return pd.Series(dtype=float)
-    u = df[(df["kind"] == "update")]
-    if "rank" in u and (u["rank"] == 0).any():
-        u = u[u["rank"] == 0]
-    u = u[u["module_type"].map(is_compute)]
+    u = u.loc[compute_mask(u["module_type"]), ["step", "ratio"]]
     if u.empty:
         return pd.Series(dtype=float)
     r = u["ratio"].replace([np.inf, -np.inf], np.nan)

@@ -43,8 +43,11 @@ def is_compute(module_type: str) -> bool:
 
 
 def compute_mask(module_types: pd.Series) -> pd.Series:
-    """`module_types.map(is_compute)`, deciding once per distinct type (a big run has millions of rows)."""
-    return module_types.map({t: is_compute(t) for t in pd.unique(module_types)}).astype(bool)
+    """`module_types.map(is_compute)`, deciding once per distinct type and looking the answer up by
+    the type's code (a big run has millions of rows; `.map` over them took seconds)."""
+    codes, types = pd.factorize(module_types)
+    answer = np.array([is_compute(t) for t in types] + [is_compute(pd.NA)], dtype=bool)
+    return pd.Series(answer[codes], index=module_types.index, name=module_types.name)  # code -1 (NA): last
 
 
 def layer_rows(run: Run, kind: str) -> pd.DataFrame:
@@ -52,33 +55,64 @@ def layer_rows(run: Run, kind: str) -> pd.DataFrame:
 
     Selected once per run and kind (several rules ask; on a 10M-row run each selection costs
     seconds); the detectors only read the frame they get."""
-    df = run.layers
-    if df.empty:
+    if run.layers.empty:
         raise NotApplicable("no layer statistics")
-    cache = run.__dict__.setdefault("_layer_rows_cache", {})
-    hit = cache.get(kind)
-    if hit is not None and hit[0] is df:
-        sel = hit[1]
-    else:
-        sel = df[df["kind"] == kind]
-        if "rank" in sel and (sel["rank"] == 0).any():
-            sel = sel[sel["rank"] == 0]
-        cache[kind] = (df, sel)
+
+    def select() -> pd.DataFrame:
+        sel = kind_rows(run, kind)
+        if "rank" in sel:
+            rank0 = sel["rank"] == 0
+            if rank0.any() and not rank0.all():  # all rank 0 (one process): the same rows, no copy
+                sel = sel[rank0]
+        return sel
+
+    sel = _cached(run, ("rank0", kind), select)
     if sel.empty:
         raise NotApplicable(f"no {kind} statistics recorded")
     return sel
 
 
-def pivot(df: pd.DataFrame, stat: str) -> pd.DataFrame:
+def kind_rows(run: Run, kind: str) -> pd.DataFrame:
+    """`run.layers[run.layers["kind"] == kind]` (every rank), selected once per run and kind."""
+    return _cached(run, ("all", kind), lambda: run.layers[run.layers["kind"] == kind])
+
+
+def _cached(run: Run, key: tuple, make: Any) -> Any:
+    """`make()`, computed once per run while `run.layers` is the same frame. On a 10M-row run each
+    selection costs a second or so and several rules ask for the same one; callers only read it."""
+    cache = run.__dict__.setdefault("_layer_rows_cache", {})
+    hit = cache.get(key)
+    if hit is None or hit[0] is not run.layers:
+        hit = cache[key] = (run.layers, make())
+    return hit[1]
+
+
+def compute_grad_norms(run: Run) -> pd.DataFrame:
+    """step x layer gradient norms (rank 0) of the compute layers that ran (order >= 0), layers
+    with no value dropped: the gradient-flow table of vanishing/exploding gradients and of the
+    deep-stack rule (computed once)."""
+    def make() -> pd.DataFrame:
+        g = layer_rows(run, "grad")
+        return pivot(g, "norm", rows=compute_mask(g["module_type"]) & (g["order"] >= 0)).dropna(axis=1, how="all")
+
+    return _cached(run, ("compute_grad_norms",), make)
+
+
+def pivot(df: pd.DataFrame, stat: str, rows: pd.Series | np.ndarray | None = None) -> pd.DataFrame:
     """step x layer table of one statistic (the mean of duplicates), layers in forward order.
 
     The same table as `df.pivot_table(index="step", columns="layer", values=stat, aggfunc="mean")`
     (steps ascending, all-NaN rows and columns dropped), built with numpy: pivot_table's groupby
-    was the slowest part of diagnosing a big run."""
-    order = df.groupby("layer")["order"].min().sort_values(kind="stable")
-    steps, si = np.unique(df["step"].to_numpy(), return_inverse=True)
-    li, layers = pd.factorize(df["layer"], sort=False)
-    vals = df[stat].to_numpy(dtype=np.float64, na_value=np.nan)
+    was the slowest part of diagnosing a big run. `rows` (a boolean mask of df's rows) gives the
+    table of `df[rows]` without copying the whole frame: only the four columns read are masked."""
+    layer, order, step, vals = (df["layer"], df["order"], df["step"].to_numpy(),
+                                df[stat].to_numpy(dtype=np.float64, na_value=np.nan))
+    if rows is not None:
+        rows = np.asarray(rows, dtype=bool)
+        layer, order, step, vals = layer[rows], order[rows], step[rows], vals[rows]
+    order = order.groupby(layer).min().sort_values(kind="stable")
+    steps, si = np.unique(step, return_inverse=True)
+    li, layers = pd.factorize(layer, sort=False)
     ok = ~np.isnan(vals) & (li >= 0)
     n_l = len(layers)
     cell = si[ok] * n_l + li[ok]

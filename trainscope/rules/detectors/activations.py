@@ -66,10 +66,10 @@ def saturated_activations(ctx: Context) -> Iterator[Finding]:
 @detector("collapsed-activations")
 def collapsed_activations(ctx: Context) -> Iterator[Finding]:
     acts = layer_rows(ctx.run, "activation")
-    acts = acts[~acts["module_type"].str.startswith(SKIP_COLLAPSE)]
-    if acts.empty:
+    keep = ~acts["module_type"].str.startswith(SKIP_COLLAPSE)
+    if not keep.any():
         raise NotApplicable("no activations recorded")
-    std = pivot(acts, "std")
+    std = pivot(acts, "std", rows=keep)
     min_steps = int(ctx.p("min_steps"))
     if len(std) < min_steps:
         raise NotApplicable(f"only {len(std)} recorded steps with activations")

@@ -10,7 +10,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from trainscope.rules.detectors._common import fmt, is_compute, layer_name, layer_rows, modules, pivot, train_loss
+from trainscope.rules.detectors._common import compute_grad_norms, fmt, layer_name, modules, train_loss
 from trainscope.rules.finding import Finding
 from trainscope.rules.registry import Context, NotApplicable, detector
 from trainscope.rules.signals import VAL_LOSS_NAMES, first_series
@@ -106,11 +106,7 @@ def no_normalization_deep_stack(ctx: Context) -> Iterator[Finding]:
     weighted = [m for m in mods if str(m.get("type")).startswith(WEIGHT_LAYERS) and int(m.get("n_params") or 0) > 0]
     if len(weighted) < ctx.p("min_depth"):
         return
-    g = layer_rows(ctx.run, "grad")
-    if g.empty:
-        raise NotApplicable("no per-layer gradient statistics to judge the harm")
-    g = g[g["module_type"].map(is_compute) & (g["order"] >= 0)]
-    norms = pivot(g, "norm").dropna(axis=1, how="all")
+    norms = compute_grad_norms(ctx.run)  # NotApplicable without per-layer gradient statistics
     if norms.shape[1] < 2:
         raise NotApplicable("fewer than two layers with gradients")
     first, last = norms.columns[0], norms.columns[-1]

@@ -18,7 +18,8 @@ from trainscope.rules.detectors._common import (
     detail,
     events,
     fmt,
-    compute_mask,
+    compute_grad_norms,
+    kind_rows,
     layer_name,
     layer_rows,
     pivot,
@@ -46,9 +47,7 @@ def _quarter_slope_layers(ctx: Context, layers: list[str]) -> list[str]:
 
 def _flow(ctx: Context) -> tuple[pd.DataFrame, str, str, pd.Series]:
     """Per-step gradient norms of compute layers and the first/last norm ratio."""
-    g = layer_rows(ctx.run, "grad")
-    g = g[compute_mask(g["module_type"]) & (g["order"] >= 0)]
-    norms = pivot(g, "norm").dropna(axis=1, how="all")
+    norms = compute_grad_norms(ctx.run)
     if norms.shape[1] < 2:
         raise NotApplicable("fewer than two layers with gradients")
     min_layers = int(ctx.p("min_layers"))
@@ -273,10 +272,10 @@ def dead_relu(ctx: Context) -> Iterator[Finding]:
         yield dead_out
         return
     a = layer_rows(ctx.run, "activation")
-    a = a[a["module_type"].isin(DYING_RELU)]
-    if a.empty:
+    relu = a["module_type"].isin(DYING_RELU)
+    if not relu.any():
         raise NotApplicable("no ReLU modules recorded")
-    dead = pivot(a, "frac_dead")
+    dead = pivot(a, "frac_dead", rows=relu)
     steps = dead.index.to_numpy()
     # judge the later half of the run: units that died and stayed dead, not a bad first batch
     recent = dead[dead.index >= steps[len(steps) // 2]] if len(steps) > 1 else dead
@@ -406,8 +405,7 @@ SEQUENCE_TYPES = ("LSTM", "GRU", "RNN", "MultiheadAttention", "TransformerEncode
 def zero_gradients(ctx: Context) -> Iterator[Finding]:
     """Every gradient exactly zero: degenerate data is evidence, not missing data (principle 3)."""
     status = [detail(r) for _, r in events(ctx.run, "parameter_status").iterrows()]
-    g = ctx.run.layers
-    g = g[g["kind"] == "grad"] if not g.empty else g
+    g = kind_rows(ctx.run, "grad") if not ctx.run.layers.empty else ctx.run.layers
     gn = ctx.run.scalar(schema.GRAD_NORM)
     gn = gn[np.isfinite(gn)]
     steps: tuple[int, int] | None = None

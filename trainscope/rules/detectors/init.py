@@ -26,7 +26,8 @@ import pandas as pd
 
 import dataclasses
 
-from trainscope.rules.detectors._common import fmt, is_compute, layer_name, modules, pivot, train_loss
+from trainscope.rules.detectors._common import (compute_mask, fmt, kind_rows, layer_name, layer_rows,
+                                                 modules, pivot, train_loss)
 from trainscope.families import QUARTER_SLOPE, RELU_FAMILY, SATURATING
 from trainscope.rules.finding import Finding, Severity
 from trainscope.rules.signals import finite
@@ -119,13 +120,9 @@ def poor_initialization(ctx: Context) -> Iterator[Finding]:
 
 def _nonlin_stds(ctx: Context, layers: list[str]) -> list[tuple[str, float]]:
     """Output std, at the first recorded step, of the nonlinearity following each chain layer."""
-    df = ctx.run.layers
-    if df.empty:
-        return []
-    a = df[df["kind"] == "activation"]
-    if "rank" in a and (a["rank"] == 0).any():
-        a = a[a["rank"] == 0]
-    if a.empty:
+    try:
+        a = layer_rows(ctx.run, "activation")
+    except NotApplicable:  # no layer statistics, or no activation rows
         return []
     a = a[a["step"] == a["step"].min()].sort_values("order")
     nonlin = a[a["module_type"].astype(str).str.lower().isin(RELU_FAMILY | SATURATING | {"leakyrelu", "relu6"})]
@@ -163,9 +160,10 @@ def _harm(ctx: Context, f: Finding) -> list[str]:
     # gradients: first/last compute-layer norm ratio (median over recorded steps)
     g = ctx.run.layers
     if not g.empty:
-        g = g[(g["kind"] == "grad") & g["module_type"].map(is_compute) & (g["order"] >= 0)]
-        if not g.empty:
-            norms = pivot(g, "norm").dropna(axis=1, how="all")
+        g = kind_rows(ctx.run, "grad")
+        flow = compute_mask(g["module_type"]) & (g["order"] >= 0)
+        if flow.any():
+            norms = pivot(g, "norm", rows=flow).dropna(axis=1, how="all")
             if norms.shape[1] >= 3:
                 r = (norms.iloc[:, 0] / norms.iloc[:, -1]).replace([np.inf, -np.inf], np.nan).dropna()
                 if len(r):
@@ -174,8 +172,8 @@ def _harm(ctx: Context, f: Finding) -> list[str]:
                         out.append(f"first/last layer gradient ratio {fmt(med)} < {fmt(ctx.p('grad_ratio_min'))}")
                     elif med > float(ctx.p("grad_ratio_max")):
                         out.append(f"first/last layer gradient ratio {fmt(med)} > {fmt(ctx.p('grad_ratio_max'))}")
-            sat = ctx.run.layers
-            sat = sat[(sat["kind"] == "activation") & sat["module_type"].isin(("Sigmoid", "Tanh"))]
+            sat = kind_rows(ctx.run, "activation")
+            sat = sat[sat["module_type"].isin(("Sigmoid", "Tanh"))]
             if len(sat) and float(sat.groupby("layer")["frac_saturated"].median().max()) >= 0.5:
                 out.append("sigmoid/tanh outputs saturated (>= 50% at the extremes)")
     # the loss stalled from the start: counts only where the forward signal measurably changed

@@ -14,11 +14,11 @@ import numpy as np
 import pandas as pd
 
 from trainscope.rules.detectors._common import (
+    compute_mask,
     current_lr,
     detail,
     events,
     fmt,
-    is_compute,
     layer_name,
     layer_rows,
     modules,
@@ -738,7 +738,7 @@ def unnormalized_inputs(ctx: Context) -> Iterator[Finding]:
     a = layer_rows(ctx.run, "activation")
     weight_layers = set(ctx.run.init["layer"].astype(str)) if not ctx.run.init.empty else set()
     if not a.empty:  # layers with weights (the init table's), else any compute module
-        a = a[a["layer"].astype(str).isin(weight_layers)] if weight_layers else a[a["module_type"].map(is_compute)]
+        a = a[a["layer"].astype(str).isin(weight_layers)] if weight_layers else a[compute_mask(a["module_type"])]
     worst, worst_std = "", float("nan")
     if not a.empty and "std" in a:
         first = a[a["step"] == a["step"].min()].dropna(subset=["std"])

@@ -34,8 +34,7 @@ def _ratios(ctx: Context, min_steps: int | None = None) -> tuple[pd.Series, pd.D
     """Median update ratio across compute layers per recorded step, and the step x layer table,
     both restricted to the run's working LR."""
     u = layer_rows(ctx.run, "update")
-    u = u[compute_mask(u["module_type"])]
-    table = pivot(u, "ratio")
+    table = pivot(u, "ratio", rows=compute_mask(u["module_type"]))
     # an exact 0 is a frozen layer (another problem); inf is a zero-initialized weight's first step
     table = table.where(table > 0).replace([np.inf, -np.inf], np.nan)
     per_step = table.median(axis=1, skipna=True).dropna()

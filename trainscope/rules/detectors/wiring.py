@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from trainscope.rules.detectors._common import detail, events, fmt, step_span, train_loss
+from trainscope.rules.detectors._common import detail, events, fmt, kind_rows, step_span, train_loss
 from trainscope.rules.detectors.loop import REGRESSION, _criterion_inputs, _criterion_name, canonical_criterion
 from trainscope.rules.finding import Finding
 from trainscope.rules.registry import Context, NotApplicable, detector
@@ -93,9 +93,8 @@ def parameters_not_updated(ctx: Context) -> Iterator[Finding]:
     unchanged = [p for p in _names(d.get("unchanged")) if p not in never and p not in outside]
     # a weight whose gradient is ~1e-11 (a collapsed signal) does not change in float32 either: that
     # is vanishing-gradients' finding, not a wiring bug
-    g = ctx.run.layers
-    if unchanged and not g.empty:
-        g = g[g["kind"] == "grad"]
+    if unchanged and not ctx.run.layers.empty:
+        g = kind_rows(ctx.run, "grad")
         tiny = set(g.groupby("layer")["norm"].median().loc[lambda x: x < 1e-6].index.astype(str))
         unchanged = [p for p in unchanged if p.rsplit(".", 1)[0] not in tiny]
     try:
