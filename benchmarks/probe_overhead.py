@@ -138,7 +138,8 @@ class Loop:
         cuda = self.device.startswith("cuda")
         if cuda:
             torch.cuda.synchronize()
-        t = time.perf_counter()
+        clock = time.perf_counter if cuda or WALL_CLOCK else time.process_time
+        t = clock()
         for _ in range(steps):
             self.opt.zero_grad(set_to_none=True)
             with self.autocast():
@@ -149,7 +150,7 @@ class Loop:
                 self.probe.log(train_loss=loss)
         if cuda:
             torch.cuda.synchronize()
-        return (time.perf_counter() - t) / steps
+        return (clock() - t) / steps
 
     def close(self) -> None:
         if self.probe is not None:
@@ -180,6 +181,11 @@ def measure(factory, device: str, watch_kwargs: dict, blocks: int, block: int = 
     return statistics.median(p_times), statistics.median(w_times), statistics.median(ratios), start_ratio
 
 
+# CPU runs are timed with the process's CPU time (all its threads, the probe's writer thread included), so
+# other processes on a shared machine do not count; --wall-clock times them by the wall clock instead.
+WALL_CLOCK = False
+
+
 def parse_setting(text: str) -> tuple[str, dict]:
     """'every=1,activations=False' -> ('every=1,activations=False', {'every': 1, 'activations': False})."""
     kw = {}
@@ -196,9 +202,11 @@ def parse_setting(text: str) -> tuple[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    global GPT_BATCH, GPT_SEQ, GPT_LAYERS, GPT_WIDTH
+    global GPT_BATCH, GPT_SEQ, GPT_LAYERS, GPT_WIDTH, WALL_CLOCK
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="3 blocks, 50 start-up steps")
+    ap.add_argument("--wall-clock", action="store_true",
+                    help="time CPU runs by the wall clock (default: the process's CPU time, all its threads)")
     ap.add_argument("--blocks", type=int, default=None, help="interleaved 100-step blocks (default per model)")
     ap.add_argument("--block", type=int, default=100, help="steps per block")
     ap.add_argument("--startup", type=int, default=None, help="start-up steps timed once (default 250, --quick 50)")
@@ -217,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gpt-layers", type=int, default=GPT_LAYERS, help="GPT blocks (default 12)")
     ap.add_argument("--gpt-width", type=int, default=GPT_WIDTH, help="GPT width d (default 768; heads = d / 64)")
     args = ap.parse_args(argv)
-    GPT_LAYERS, GPT_WIDTH = args.gpt_layers, args.gpt_width
+    GPT_LAYERS, GPT_WIDTH, WALL_CLOCK = args.gpt_layers, args.gpt_width, args.wall_clock
     if args.device:
         devices = [args.device]
     else:
@@ -229,7 +237,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = {} if args.no_default_settings else {"default (every=100)": {}, "every=1": {"every": 1}}
     settings.update(parse_setting(w) for w in args.watch)
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; steady state: median over interleaved "
-          f"{args.block}-step blocks; start-up: the first {startup} steps"
+          f"{args.block}-step blocks; start-up: the first {startup} steps; CPU timed by "
+          f"{'the wall clock' if WALL_CLOCK else 'process CPU time'}"
           + (f"; GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() and "cuda" in devices else ""))
     print(f"{'model':12s} {'device':6s} {'setting':28s} {'plain ms':>9s} {'watched ms':>11s} {'ratio':>7s} "
           f"{'start-up ratio':>15s}")

@@ -81,3 +81,45 @@ def test_without_optimizer_backwards_before_an_update_are_one_step():
     assert [e for e in log.events if e[0] == "end"] == [("end", 0)]
     # the statistics of the open step were read at each backward's end, the last reading is kept
     assert [e for e in log.events if e[0] == "begin"] == [("begin", 0, True)] * 3
+
+
+def test_quiet_steps_keep_the_loop_facts_that_every_step_can_change(tmp_path):
+    """After the first 200 steps most steps are quiet (only every 10th and the recorded ones are full), yet
+    a mode change, a validation pass in train mode and a missing zero_grad on quiet steps are all seen,
+    and the facts of a full step count that step alone (not the quiet steps before it)."""
+    import json
+
+    import trainscope
+    from trainscope.probe.clock import FULL_STEPS, SAMPLE_EVERY
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.1), nn.ReLU(), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x, y = torch.randn(16, 4), torch.randint(0, 2, (16,))
+    quiet = []
+    with trainscope.watch(model, tmp_path / "r", optimizer=opt, every=1000, on_finding="ignore") as probe:
+        for s in range(280):
+            model.train(not 233 <= s < 236)  # eval() for three quiet steps
+            if s < 265:
+                opt.zero_grad()  # from step 265 on, the gradients are never reset
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            quiet.append(probe.clock.quiet)
+            if s == 245:
+                model.train()
+                with torch.no_grad():  # a validation pass that forgot model.eval()
+                    model(x)
+    assert FULL_STEPS == 200 and SAMPLE_EVERY == 10
+    assert sum(quiet[201:]) > 60 and not any(quiet[:199])  # quiet[s]: whether step s + 1 is quiet
+    run = trainscope.load_run(tmp_path / "r")
+    ev = run.events
+    modes = [(int(r.step), r.value) for r in ev[ev.kind == "mode"].itertuples()]
+    assert modes == [(233, 0.0), (236, 1.0)]
+    evals = [json.loads(r.detail) for r in ev[ev.kind == "eval_forward"].itertuples()]
+    assert evals and evals[0]["training"] is True and evals[0]["step"] == 245
+    backwards = run.scalar("loop/backwards")
+    full = sorted(set(range(200, 280, 10)) | {256})  # 256: a recorded step (powers of 2 below `every`)
+    assert list(backwards.loc[200:].index) == full and set(backwards) == {1.0}
+    reset = run.scalar("loop/grad_reset")
+    assert reset.loc[260] == 1.0 and reset.loc[270] == 0.0  # stale .grad seen on the full step after 265
+    assert run.scalar("loop/training").loc[230:240].tolist() == [1.0, 1.0]

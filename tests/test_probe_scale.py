@@ -10,6 +10,8 @@ import torch
 from torch import nn
 
 import trainscope
+from trainscope.probe.clock import FULL_STEPS, SAMPLE_EVERY
+from trainscope.probe.probe import default_grad_norm_every
 
 
 class _Tied(nn.Module):
@@ -48,7 +50,7 @@ def test_per_layer_grad_norms_every_step_equal_vector_norm(tmp_path):
         want_global[s] = torch.linalg.vector_norm(torch.cat([p.grad.reshape(-1) for p in unique])).item()
 
     n_steps = 215
-    with trainscope.watch(model, tmp_path / "r", optimizer=opt, criterion=crit, flush_seconds=0.05):
+    with trainscope.watch(model, tmp_path / "r", optimizer=opt, criterion=crit, flush_seconds=0.05, grad_norm_every=1):
         opt.register_step_pre_hook(independent)
         g = torch.Generator().manual_seed(1)
         for _ in range(n_steps):
@@ -90,7 +92,8 @@ def test_anomaly_capture_records_the_spike_step(tmp_path):
     g = torch.Generator().manual_seed(2)
     xs = torch.randn(1000, 16, 4, generator=g)
     ys = xs[..., :1] * 0.5 - xs[..., 1:2]
-    with trainscope.watch(model, tmp_path / "r", optimizer=opt, every=100, on_finding="ignore") as probe:
+    with trainscope.watch(model, tmp_path / "r", optimizer=opt, every=100, grad_norm_every=1,
+                          on_finding="ignore") as probe:
         for step in range(1000):
             opt.zero_grad()
             loss = nn.functional.mse_loss(model(xs[step]), ys[step])
@@ -300,16 +303,18 @@ def test_cheap_steps_make_no_host_copy(tmp_path, monkeypatch):
     crit = nn.CrossEntropyLoss()
     n = 300
     with trainscope.watch(model, tmp_path / "r", optimizer=opt, criterion=crit, every=1000, flush_seconds=1e9,
-                          on_finding="ignore") as probe:
+                          grad_norm_every=1, on_finding="ignore") as probe:
         _clipped_training(probe, model, opt, crit, state, n)
         recorded = {s for s in range(n) if probe.clock.recorded(s)}
+        full = [s for s in range(n) if s < FULL_STEPS or s % SAMPLE_EVERY == 0 or s in recorded]
     cheap = [s for s in range(n) if s not in recorded]
     assert len(cheap) > 280
     assert {s: counts[s] for s in cheap if counts[s]} == {}
     assert sum(counts[s] for s in recorded) > 0 and counts["close"] > 0  # the counter does see the probe's copies
     run = trainscope.load_run(tmp_path / "r")
-    for name in ("train_loss", "grad_norm", "grad_norm_clipped", "loop/clipped", "lr/0"):
+    for name in ("train_loss", "grad_norm", "grad_norm_clipped", "loop/clipped"):
         assert len(run.scalar(name)) == n, name
+    assert list(run.scalar("lr/0").index) == full  # the loop facts: on the full steps (clock.py)
     assert (run.layers.kind == "grad_norm").sum() == 2 * n
 
 
@@ -371,7 +376,8 @@ def test_anomaly_capture_one_step_late_on_the_accelerator_path(tmp_path, monkeyp
     g = torch.Generator().manual_seed(2)
     xs = torch.randn(1000, 16, 4, generator=g)
     ys = xs[..., :1] * 0.5 - xs[..., 1:2]
-    with trainscope.watch(model, tmp_path / "r", optimizer=opt, every=100, on_finding="ignore") as probe:
+    with trainscope.watch(model, tmp_path / "r", optimizer=opt, every=100, grad_norm_every=1,
+                          on_finding="ignore") as probe:
         for step in range(1000):
             opt.zero_grad()
             loss = nn.functional.mse_loss(model(xs[step]), ys[step])
@@ -387,3 +393,19 @@ def test_anomaly_capture_one_step_late_on_the_accelerator_path(tmp_path, monkeyp
     assert by[777, "loss"]["steps"] == [779, 780, 781] and by[777, "loss"]["late"]  # its copy came a step later
     kinds = {int(s): set(k) for s, k in run.layers.groupby("step").kind}
     assert kinds[777] == {"grad_norm"} and kinds[778] >= {"grad", "weight", "update", "activation"}
+
+
+def test_grad_norm_every_defaults_by_device(tmp_path):
+    """Every step where the norms are one fused kernel (an accelerator), every 10th on CPU, where they are
+    the arithmetic itself (benchmarks/probe_overhead.py); the first 200 steps always have them."""
+    model, opt, x, y = _tiny()
+    assert default_grad_norm_every(model) == 10
+    assert default_grad_norm_every(nn.Linear(2, 2, device="meta")) == 10
+    with trainscope.watch(model, tmp_path / "r", optimizer=opt, every=1000, on_finding="ignore") as probe:
+        assert probe.params.grad_norm_every == 10
+        for _ in range(230):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    steps = list(trainscope.load_run(tmp_path / "r").scalar("grad_norm").index)
+    assert steps == list(range(200)) + [200, 210, 220]

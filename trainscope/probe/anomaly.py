@@ -83,7 +83,7 @@ class AnomalyCapture:
         self.series: dict[str, _Series] = {}
         self.captures = 0
         self._pending: list[tuple[str, str, int, HostValue]] = []  # (trigger, metric, step, value)
-        self._is_loss: dict[Any, bool] = {}  # probe.log key -> a training loss?
+        self._loss_series: dict[str, Any] = {}  # probe.log key -> its _Series if a training loss, else False
 
     # -------------------------------------------------------------- inputs
     def on_grad_norm(self, step: int, value: Any) -> bool:
@@ -96,28 +96,29 @@ class AnomalyCapture:
         return self._decide("grad_norm", "grad_norm", step, v, current=True)
 
     def on_logged(self, step: int, values: dict[str, Any]) -> None:
-        """Values given to probe.log for `step` (already detached)."""
+        """Values given to probe.log for `step`, as the buffer kept them (str keys; floats or detached
+        0-d tensors)."""
         if self.captures >= MAX_CAPTURES:
             return
-        self.poll()
+        if self._pending:
+            self.poll()
         for key, v in values.items():
-            loss = self._is_loss.get(key)
-            if loss is None:
-                loss = self._is_loss[key] = is_train_loss(str(key))
-            if not loss:
+            series = self._loss_series.get(key)
+            if series is None:  # first time: a training loss gets its series, any other metric False
+                series = self._loss_series[key] = is_train_loss(key) and self._series(key)
+            if series is False:
                 continue
-            name = str(key)
-            if isinstance(v, Tensor):
-                if v.numel() != 1:
-                    continue
-                if not host.free(v):
-                    self._defer("loss", name, step, v)
-                    continue
-            try:
-                f = float(v)
-            except (TypeError, ValueError):
+            if isinstance(v, Tensor) and not (host.FREE_ON_CPU and v.is_cpu):
+                self._defer("loss", key, step, v)
                 continue
-            self._decide("loss", name, step, f, current=False)
+            f = float(v)
+            med = series.jump(f)  # inlined _decide: this runs at every logged step
+            if med is not None:
+                self._trigger(series, "loss", key, step, f, med, current=False)
+
+    def waiting(self) -> bool:
+        """Device values wait for their copy (poll them)."""
+        return bool(self._pending)
 
     def poll(self) -> None:
         """Decide the deferred (CUDA) values whose copy has completed; never waits."""
@@ -141,12 +142,20 @@ class AnomalyCapture:
         self._pending.append((trigger, name, step, HostValue(t)))
 
     # -------------------------------------------------------------- decision
-    def _decide(self, trigger: str, name: str, step: int, v: float, current: bool) -> bool:
+    def _series(self, name: str) -> _Series:
         series = self.series.get(name)
         if series is None:
             series = self.series[name] = _Series()
+        return series
+
+    def _decide(self, trigger: str, name: str, step: int, v: float, current: bool) -> bool:
+        series = self._series(name)
         med = series.jump(v)
-        if med is None or self.captures >= MAX_CAPTURES or step - series.last_trigger < COOLDOWN:
+        return med is not None and self._trigger(series, trigger, name, step, v, med, current)
+
+    def _trigger(self, series: _Series, trigger: str, name: str, step: int, v: float, med: float,
+                 current: bool) -> bool:
+        if self.captures >= MAX_CAPTURES or step - series.last_trigger < COOLDOWN:
             return False
         series.last_trigger = step
         self.captures += 1
@@ -155,7 +164,7 @@ class AnomalyCapture:
         # value's step if it has not begun yet (a loss logged before optimizer.step()), else the next one
         first = step if current else max(step, clock.begun + 1)
         steps = list(range(first, first + CAPTURE_STEPS))
-        clock.forced.update(steps)
+        clock.force(steps)
         self.buffer.event(step, "anomaly_capture", "", v, {
             "trigger": trigger, "metric": name, "value": v, "median": med, "factor": FACTOR,
             "nonfinite": not math.isfinite(v), "steps": steps, "late": first != step})

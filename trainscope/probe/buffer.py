@@ -42,6 +42,8 @@ ScalarSource = Callable[[], list[ScalarRow]]
 DenseSource = Callable[[], tuple[list[ScalarRow], list[dict[str, list]]]]
 
 
+_STRIDED = torch.strided
+
 # a background write still running: keep buffering (no wait) up to max(BACKLOG_FACTOR x flush_rows, BACKLOG_ROWS)
 BACKLOG_FACTOR = 4
 BACKLOG_ROWS = 100_000
@@ -105,19 +107,25 @@ class RunBuffer:
         self.events.append((int(step), kind, layer, float(value), detail))
         self.pending_rows += 1
 
-    def log(self, step: int, epoch: float, values: dict[str, Any]) -> None:
-        """Buffer probe.log values, each checked now: a bad one is dropped alone (see check_value)."""
+    def log(self, step: int, epoch: float, values: dict[str, Any]) -> dict[str, Any]:
+        """Buffer probe.log values, each checked now: a bad one is dropped alone (see check_value).
+        Returns the values kept (detached tensors and floats)."""
         good: dict[str, Any] = {}
         for key, v in values.items():
+            if type(v) is Tensor and v.ndim == 0 and v.layout == _STRIDED and not v.is_complex() and not v.is_meta:
+                # the usual case (a loss), check_value's first one inlined: this runs at every logged step
+                good[key if type(key) is str else str(key)] = v.detach() if v.requires_grad else v
+                continue
             if v is None:
                 continue
             try:
-                good[str(key)] = check_value(v)
+                good[key if type(key) is str else str(key)] = check_value(v)
             except ValueError as e:
                 self._drop(str(key), str(e), step)
         if good:
-            self.logged.append((step, epoch, self.now(), good))
+            self.logged.append((step, epoch, time.monotonic() - self.t0, good))
             self.pending_rows += len(good)
+        return good
 
     def _drop(self, key: str, why: str, step: int) -> None:
         if key in self.dropped:
@@ -330,7 +338,7 @@ class RunBuffer:
 def check_value(v: Any) -> Any:
     """A probe.log value as a float or a 0-d dense tensor, or ValueError saying why it is not one."""
     if isinstance(v, Tensor):
-        if v.ndim == 0 and v.layout == torch.strided and not v.is_complex() and v.device.type != "meta":
+        if v.ndim == 0 and v.layout == torch.strided and not v.is_complex() and not v.is_meta:
             return v.detach() if v.requires_grad else v  # the usual case (a loss), in a few attribute reads
         if v.layout != torch.strided:
             raise ValueError(f"a {str(v.layout).replace('torch.', '')} tensor (log t.to_dense() or a number)")

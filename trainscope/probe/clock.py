@@ -18,6 +18,13 @@ belongs to the same step: the statistics taken at the previous backward's end ar
 read again at this one's. On a GPU a `.data`-style update (not versioned) looks like accumulation.
 Collectors are told `on_backward()`, `on_step_begin(step, record)` and `on_step_end(step)`, so a
 framework callback can drive the same collectors by calling `step_begin()` / `step_end()` itself.
+
+Full and quiet steps: the loop facts and most collectors are read on every one of the first
+`FULL_STEPS` steps, then on every `SAMPLE_EVERY`-th step and on recorded steps ("full" steps). On the
+other ("quiet") steps only the callbacks a collector names in `every_step` are called: a quiet step
+costs a counter and a few comparisons, so the probe's fixed cost per step stays a small fraction of a
+small model's step. The loop bugs the facts show (a missing zero_grad, eval mode, the scheduler's
+cadence) last for many steps, so every tenth step sees them.
 """
 from __future__ import annotations
 
@@ -29,9 +36,16 @@ from torch import Tensor
 from trainscope.probe import sharded
 from trainscope.probe.guard import HookGuard
 
+FULL_STEPS = 200  # every step is a full step below this
+SAMPLE_EVERY = 10  # then every this many steps (and the recorded steps)
+
 
 class Collector:
-    """What the clock tells a collector; every method is optional (the defaults do nothing)."""
+    """What the clock tells a collector; every method is optional (the defaults do nothing).
+
+    On quiet steps (module doc) only the callbacks named in `every_step` are called."""
+
+    every_step: frozenset[str] = frozenset()
 
     def on_backward(self) -> None:
         """A backward pass reached the parameters (the sentinel's gradient hook fired)."""
@@ -83,7 +97,14 @@ class StepClock:
         self.epoch = float("nan")  # the latest epoch given to probe.log
         self.step_time = 0.0  # seconds since the start, taken once at each step_begin
         self.now: Callable[[], float] = lambda: 0.0  # the buffer's clock
-        self.collectors: list[Collector] = []
+        self._collectors: list[Collector] = []
+        self._quiet: dict[str, list[Collector]] = {}  # callback -> the collectors called on quiet steps
+        self._full_step, self._full = -1, True  # full(): cached for one step
+        # The current step is quiet and nothing outside the clock needs it (the probe's `quiet_ok`): the
+        # hooks take their shortest path. Decided at the end of the step before; a capture can undo it.
+        self.quiet = False
+        self.quiet_ok: Callable[[], bool] = lambda: False
+        self.norm_due: Callable[[int], bool] = lambda s: True  # the gradient norms are taken at step s
         self.after_step: Callable[[], None] = lambda: None  # e.g. flush the buffer when due
         self.handles: list[Any] = []
         self.manual = False  # probe.step() marks the steps (no optimizer known)
@@ -165,10 +186,14 @@ class StepClock:
 
     # -------------------------------------------------------------- optimizer hooks
     def _on_step_pre(self, optimizer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if self.quiet and not self.norm_due(self.step) and len(args) < 2 and not kwargs:
+            self.begun = self.step  # a quiet step without norms: nothing to take
+            return
         # the hook's args are step()'s own, self included: step(self, closure=None)
         closure = args[1] if len(args) > 1 else kwargs.get("closure")
         if closure is not None:
             self._closure_step, self._closure_begun = True, False  # statistics wait for its backward
+            self.quiet = False  # the closure's backward ends the step's statistics (the sentinel's full path)
         else:
             self.step_begin()
 
@@ -193,6 +218,37 @@ class StepClock:
             self._closure_begun = True
             self.step_begin()
 
+    @property
+    def collectors(self) -> list[Collector]:
+        return self._collectors
+
+    @collectors.setter
+    def collectors(self, value: list[Collector]) -> None:
+        self._collectors = list(value)
+        self._quiet = {name: [c for c in self._collectors if name in c.every_step]
+                       for name in ("on_backward", "on_step_begin", "on_step_end")}
+
+    def full(self) -> bool:
+        """Whether the current step is a full step (module doc). Decided once per step, at its first
+        question, so a capture decided during the step does not change it halfway."""
+        s = self.step
+        if self._full_step != s:
+            self._full_step = s
+            self._full = s < FULL_STEPS or s % SAMPLE_EVERY == 0 or self.recorded(s)
+        return self._full
+
+    def _is_quiet(self, s: int) -> bool:
+        return (s >= FULL_STEPS and s % SAMPLE_EVERY != 0 and self.optimizer is not None and not self.manual
+                and not self._closure_step and not self.recorded(s) and self.quiet_ok())
+
+    def force(self, steps: list[int]) -> None:
+        """Record these steps in full (an anomaly capture); the current one too if it has not begun."""
+        self.forced.update(steps)
+        if self.step in steps:
+            self.quiet = False
+            if self._full_step == self.step:
+                self._full = True
+
     def recorded(self, s: int) -> bool:
         """Per-layer statistics on steps 0, 1, 2, 4, 8, ... below `every`, then every `every` steps, and on
         the steps an anomaly capture asked for."""
@@ -201,11 +257,15 @@ class StepClock:
         return s < self.every and (s & (s - 1)) == 0
 
     def _on_sentinel_grad(self, grad: Tensor) -> None:
+        if self.quiet:  # with an optimizer, and no closure: only what every backward must say
+            for c in self._quiet["on_backward"]:
+                c.on_backward()
+            return
         self.accumulating = self.optimizer is None and not self.manual and self._sentinel_unchanged()
         if self.optimizer is None and not self.manual and self._open is not None and not self.accumulating:
             self._open = None  # the parameters changed since the last backward: that step is over
             self.step_end()
-        for c in self.collectors:
+        for c in (self._collectors if self.full() else self._quiet["on_backward"]):
             c.on_backward()
         if self._closure_step:
             if not self._closure_begun and not self._queued:
@@ -291,12 +351,13 @@ class StepClock:
         s = self.begun = self.step
         self.step_time = self.now()
         record = self.recorded(s)
-        for c in self.collectors:
+        for c in (self._collectors if self.full() else self._quiet["on_step_begin"]):
             c.on_step_begin(s, record)
 
     def step_end(self) -> None:
         s = self.step
-        for c in self.collectors:
+        for c in (self._collectors if self.full() else self._quiet["on_step_end"]):
             c.on_step_end(s)
         self.step = s + 1
+        self.quiet = self._is_quiet(s + 1)
         self.after_step()

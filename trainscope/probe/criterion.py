@@ -181,6 +181,10 @@ class CriterionWatch(Collector):
                 self._step_hooks.append(m.register_forward_hook(
                     self.guard.wrap("criterion", lambda mod, a, o: self._module_called(mod, a, o, own=True))))
 
+    def idle(self) -> bool:
+        """No loss hook, window or function mode is armed (a quiet step may skip this collector)."""
+        return not (self._step_hooks or self._window or self._mode is not None)
+
     def open_window(self, step: int) -> None:
         """The watched model returned its output (grad enabled): the loss is computed next."""
         if not self.wants_window(step):

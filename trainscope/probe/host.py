@@ -13,11 +13,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import Tensor
+
 FREE_ON_CPU = True
 
 
 def free(t: Any) -> bool:
     """True if reading `t` on the host now cannot stall the device (a CPU tensor, or not a tensor)."""
+    if isinstance(t, Tensor):
+        return t.is_cpu and FREE_ON_CPU  # `is_cpu`, not `device.type`: no torch.device object per call
     dev = getattr(t, "device", None)
     return dev is None or (dev.type == "cpu" and FREE_ON_CPU)
 

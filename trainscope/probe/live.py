@@ -98,10 +98,14 @@ class LiveFindings:
         self._stale: dict[int, bool] = {}  # steps whose .grad was not reset (read on the host)
 
     # ------------------------------------------------------------------ inputs
+    def reads_loss(self, step: int) -> bool:
+        """Whether the loss logged at `step` is read live (module constants)."""
+        return step < LIVE_LOSS_DENSE_STEPS or step % LIVE_LOSS_EVERY == 0
+
     def on_logged(self, step: int, values: dict[str, Any]) -> None:
         if self.on_finding == "ignore" and len(self.fired) == len(TITLES):
             return
-        if step >= LIVE_LOSS_DENSE_STEPS and step % LIVE_LOSS_EVERY:
+        if not self.reads_loss(step):
             return
         for key, v in values.items():
             name = str(key)
@@ -119,6 +123,12 @@ class LiveFindings:
     def after_step(self) -> None:
         """After each optimizer step (and each step the clock counts)."""
         step = self.clock.step - 1
+        buf = self.buffer
+        (events, n_events), (scalars, n_scalars) = self._events_seen, self._scalars_seen
+        if (step >= EARLY_STEPS and not self._pending and events is buf.events and n_events == len(events)
+                and scalars is buf.scalars and n_scalars == len(scalars)
+                and len(buf.seen_nonfinite) == len(self._nonfinite_seen)):
+            return  # nothing new to look at (the usual step): a few length comparisons
         self._scan_events()
         self._scan_scalars()
         if step < EARLY_STEPS and self.loop is not None:

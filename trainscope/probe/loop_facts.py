@@ -55,13 +55,18 @@ class LoopFacts(Collector):
 
     def on_forward(self, module: torch.nn.Module, x: Tensor | None) -> None:
         """A training forward of the watched model (grad enabled) with its first input tensor."""
-        mode = bool(module.training)
-        if self.last_mode is not None and mode != self.last_mode:
-            self.buffer.event(self.clock.step, "mode", "", 1.0 if mode else 0.0, {"training": mode})
-        self.last_mode = mode
-        self.fwd_since_backward += 1
+        self.on_forward_quiet(module)
         if x is not None and x.dim() > 0:
             self.batch_size = int(x.shape[0])
+
+    def on_forward_quiet(self, module: torch.nn.Module) -> None:
+        """The part of `on_forward` that quiet steps do too: a change of mode is an event at once."""
+        mode = module.training
+        if mode != self.last_mode:
+            if self.last_mode is not None:
+                self.buffer.event(self.clock.step, "mode", "", 1.0 if mode else 0.0, {"training": bool(mode)})
+            self.last_mode = bool(mode)
+        self.fwd_since_backward += 1
 
     def watch_output(self) -> bool:
         """Whether the current training forward's output should get a reached-flag: the second forward
@@ -91,8 +96,12 @@ class LoopFacts(Collector):
                                "has_dropout": self._has_dropout, "has_batchnorm": self._has_batchnorm,
                                "step": step})
 
+    every_step = frozenset({"on_backward"})  # the forwards-since-backward count; the rest on full steps
+
     def on_backward(self) -> None:
         self.fwd_since_backward = 0
+        if not self.clock.full():
+            return  # backwards and the reset are counted on full steps (the step before reset them)
         self.backwards += 1
         if self._check_reset:
             self._check_reset = False

@@ -78,6 +78,8 @@ class _PreClip:
 
 
 class ParamStats(Collector):
+    every_step = frozenset({"on_backward", "on_step_begin", "on_step_end"})  # norms follow their own cadence
+
     def __init__(self, layers: list[LayerParams], buffer: RunBuffer, clock: StepClock, *,
                  grad_norm_every: int, has_optimizer: bool, world_size: int = 1) -> None:
         self.layers = layers
@@ -130,6 +132,10 @@ class ParamStats(Collector):
 
     def wants_norm(self, s: int, record: bool) -> bool:
         return record or s < DENSE_GRAD_NORM_STEPS or s % self.grad_norm_every == 0
+
+    def norm_due(self, s: int) -> bool:
+        """The gradient norms are taken at step s even if it is not recorded."""
+        return s < DENSE_GRAD_NORM_STEPS or s % self.grad_norm_every == 0
 
     def params_with_grad(self) -> list[LayerGrads]:
         out = []
@@ -360,9 +366,11 @@ class ParamStats(Collector):
 
     # -------------------------------------------------------------- step boundaries
     def on_step_begin(self, step: int, record: bool) -> None:
+        want = self.wants_norm(step, record)
+        if not want:
+            return  # neither norms nor statistics at this step
         s, buf = step, self.buffer
         pre = self._pre if self._pre is not None and self._pre.step == s else None
-        want = self.wants_norm(s, record)
         dense = self._dense_norms() if want and (pre is None or pre.norm is None) else None
         if dense is not None:
             epoch, t = self.clock.epoch, self.clock.step_time

@@ -65,7 +65,7 @@ class Probe:
         scheduler: Any = None,
         every: int = 100,
         activations: bool = True,
-        grad_norm_every: int = 1,
+        grad_norm_every: int | None = None,
         flush_seconds: float = 10.0,
         flush_rows: int = 50_000,
         name: str | None = None,
@@ -110,6 +110,8 @@ class Probe:
         self.clock.sentinel_owner = next((m for _, m, _, ps in layers if any(p is self.clock.sentinel for p in ps)),
                                          None)
         self.clock.step = self.clock.fwd_step = self.writer.start_step  # resume=True: continue the steps
+        if grad_norm_every is None:
+            grad_norm_every = default_grad_norm_every(self.model)
         self.params = ParamStats(layers, self.buffer, self.clock, grad_norm_every=max(1, int(grad_norm_every)),
                                  has_optimizer=optimizer is not None, world_size=self.world_size)
         self.anomaly = AnomalyCapture(self.buffer, self.clock)  # loss / grad-norm jumps: record those steps
@@ -120,6 +122,7 @@ class Probe:
         self.status = ParameterStatus(self.model, self.buffer, self.clock, optimizer)
         self.foreign = ForeignWeights(self.model, self.buffer)
         self.clock.collectors = [self.timing, self.params, self.loop, self.criterion_watch, self.status]
+        self.clock.norm_due = self.params.norm_due
         self.clock.buffer = self.buffer
         self.clock.after_step = self._after_step
         # the init table goes through the buffer too: written at a flush, retried if the write fails
@@ -155,6 +158,7 @@ class Probe:
         self.live = LiveFindings(self.buffer, self.clock, on_finding=on_finding, stop=self._stop, loop=self.loop,
                                  run_dir=str(self.run_dir))
         self.loss_fallback = ModelLoss(self.buffer, self.clock)
+        self.clock.quiet_ok = self._quiet_ok
         self._install()
         self._write_meta()
         self.buffer.event(self.clock.step, "run", "", float("nan"),
@@ -173,12 +177,15 @@ class Probe:
                 if not (e == self.clock.epoch):
                     self.buffer.event(s, "epoch", "", e, {})
                     self.clock.epoch = e
-            # Detach now (a kept loss would keep its whole autograd graph alive); convert at flush.
-            values = {k: (v.detach() if isinstance(v, Tensor) else v) for k, v in metrics.items()}
-            self.buffer.log(s, self.clock.epoch, values)
-            if not self.loss_fallback.user_logs_loss and any("loss" in str(k).lower() for k in values):
+            # Checked and detached now (a kept loss would keep its whole autograd graph alive); converted
+            # at flush.
+            values = self.buffer.log(s, self.clock.epoch, metrics)
+            if not values:
+                return
+            if not self.loss_fallback.user_logs_loss and any("loss" in k.lower() for k in values):
                 self.loss_fallback.stop()  # the user logs a loss: the model's own outputs.loss is not needed
-            self.live.on_logged(s, values)
+            if self.live.reads_loss(s):
+                self.live.on_logged(s, values)
             self.anomaly.on_logged(s, values)
         except Exception as e:  # never break the training loop over a bad metric
             if is_finding(e):
@@ -283,7 +290,8 @@ class Probe:
                           {"hook": name, "error": f"{type(e).__name__}: {e}"})
 
     def _after_step(self) -> None:
-        self.anomaly.poll()
+        if self.anomaly.waiting():
+            self.anomaly.poll()
         self.live.after_step()
         if self.buffer.due() or self.live.wants_flush():
             self._resolve_rank(final=True)
@@ -306,15 +314,28 @@ class Probe:
         self.close(status="stopped")
 
     # ------------------------------------------------------------------ the watched model's forward
+    def _quiet_ok(self) -> bool:
+        """What a quiet step (clock.py) needs outside the clock: the first forward traced, the rank and the
+        data fingerprint known, no loss hook left armed."""
+        return self.trace.done and self._rank_known and self.tracking.done and self.criterion_watch.idle()
+
     def _on_forward_pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        clock = self.clock
+        if clock.quiet and torch.is_grad_enabled():  # a quiet step: only what every forward must see
+            clock.fwd_step = clock.step
+            loop = self.loop
+            loop.on_forward_quiet(module)
+            if not loop.unbacked_reported and loop.watch_output():
+                self._watch_output = True
+                self._arm_post_hook()
+            return
         if not torch.is_grad_enabled():
             self.loop.on_eval_forward(module)  # validation / inference forwards are not training steps
             self.criterion_watch.on_eval_forward()
             return
-        clock = self.clock
         clock.on_forward()
-        self.timing.on_forward(args or tuple(kwargs.values()))
         clock.fwd_step = step = clock.step
+        self.timing.on_forward(args or tuple(kwargs.values()))
         if not self._rank_known:
             self._resolve_rank()
         x = first_tensor(args)
@@ -404,6 +425,20 @@ class Probe:
         self.writer.write_meta(meta, force=force)
 
 
+# On an accelerator the per-tensor norms are one fused kernel and a stack per step (no host sync): about
+# free. On CPU they are the arithmetic itself, a pass over every gradient: +3.5% on the benchmark MLP's
+# 1.7 ms step at every step (benchmarks/probe_overhead.py), so there every 10th step by default.
+GRAD_NORM_EVERY_ACCELERATOR = 1
+GRAD_NORM_EVERY_CPU = 10
+
+
+def default_grad_norm_every(model: nn.Module) -> int:
+    """`grad_norm_every`'s default for this model: 1 if its parameters are on an accelerator, else 10."""
+    p = next(model.parameters(), None)
+    on_cpu = p is None or p.device.type in ("cpu", "meta")
+    return GRAD_NORM_EVERY_CPU if on_cpu else GRAD_NORM_EVERY_ACCELERATOR
+
+
 _LIVE: "weakref.WeakSet[Probe]" = weakref.WeakSet()
 
 
@@ -427,7 +462,9 @@ def watch(model: nn.Module, run_dir: str | os.PathLike[str] | None = None, **opt
     every: per-layer statistics every `every` optimizer steps (plus steps 0, 1, 2, 4, 8, ...), default 100.
     activations: record per-module activation statistics on recorded steps (default True).
     grad_norm_every: the global gradient norm and each layer's gradient norm at each of the first 200
-        steps, then every this many steps (default 1: every step) and on recorded steps.
+        steps, then every this many steps and on recorded steps. Default: 1 (every step) when the model's
+        parameters are on an accelerator, 10 on CPU (there the norms' own arithmetic is a few percent of
+        a small model's step; `default_grad_norm_every`).
     flush_seconds, flush_rows: how often buffered rows are written (default 10 s / 50 000 rows).
     resume: continue the run already in `run_dir` (same attempt, steps go on from the last recorded
         step) instead of starting a new attempt next to it (docs/run-store.md).

@@ -16,7 +16,7 @@ between steps. GPU runs add `time/gpu_caught_up`: 1.0 when the previous step's w
 finished on the GPU by the time the host began the next forward (`Event.query()`, non-blocking) — the
 GPU idled waiting for the host.
 
-Recorded on each of the first `dense_steps` steps, then every `every` steps. Without an optimizer a
+Recorded on each of the first `dense_steps` steps, then every `every` steps (the clock's full steps). Without an optimizer a
 step is a backward pass (optimizer time 0). An event `perf_facts` (first training forward) holds what the
 performance hints need: device, device name and memory, bf16 support, autocast state and dtype, batch
 size, and Linear/Conv widths that are not multiples of 8.
@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from trainscope.probe.buffer import RunBuffer, ScalarRow
-from trainscope.probe.clock import Collector, StepClock
+from trainscope.probe.clock import FULL_STEPS, SAMPLE_EVERY, Collector, StepClock
 from trainscope.probe.util import module_type
 
 DATA, FORWARD, BACKWARD, OPTIMIZER, STEP = "time/data", "time/forward", "time/backward", "time/optimizer", "time/step"
@@ -80,8 +80,10 @@ def perf_facts(model: nn.Module, x: Any) -> dict[str, Any]:
 
 
 class Timing(Collector):
-    def __init__(self, buffer: RunBuffer, clock: StepClock, model: nn.Module, *, dense_steps: int = 200,
-                 every: int = 10) -> None:
+    every_step = frozenset({"on_step_end"})  # the end of the step before a timed one starts its data wait
+
+    def __init__(self, buffer: RunBuffer, clock: StepClock, model: nn.Module, *, dense_steps: int = FULL_STEPS,
+                 every: int = SAMPLE_EVERY) -> None:
         self.buffer, self.clock, self.model = buffer, clock, model
         self.dense_steps, self.every = dense_steps, max(1, every)
         self.cuda = any(p.is_cuda for p in model.parameters())
@@ -145,7 +147,7 @@ class Timing(Collector):
                 self.events["end"] = ev
             self._rows.append((step, self.clock.epoch, self.buffer.now(), self.host,
                                self.events if self.cuda else None))
-        self.host, self.events = {}, {}
+            self.host, self.events = {}, {}
         self._end_prev_host, self._end_prev_event = now, ev
         self._in_step = False
 
