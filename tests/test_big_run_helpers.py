@@ -85,4 +85,4 @@ def test_sorted_check_agrees_with_a_stable_sort() -> None:
         df = pd.DataFrame({"step": np.sort(rng.integers(0, 5, n)) if rng.random() < 0.5 else rng.integers(0, 5, n),
                            "rank": rng.integers(0, 2, n).astype(np.int32)})
         moved = not df.sort_values(["step", "rank"], kind="stable").index.equals(df.index)
-        assert _sorted_by_step_rank(df) is (not moved)
+        assert _sorted_by_step_rank(df["step"].to_numpy(), df["rank"].to_numpy()) is (not moved)

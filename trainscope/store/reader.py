@@ -177,7 +177,8 @@ def _open_chunks(run_dir: Path, chunks: "_Chunks", table: str, attempt: int) -> 
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _read_chunk(path: Path, entry: dict[str, Any] | None, table: str, attempt: int, f: Any) -> pd.DataFrame:
+def _read_chunk(path: Path, entry: dict[str, Any] | None, table: str, attempt: int, f: Any) -> pa.Table:
+    """One chunk as an Arrow table with the schema's columns (see `_typed`)."""
     cols = schema.COLUMNS[table]
     if isinstance(f, Exception):
         raise f
@@ -194,29 +195,97 @@ def _read_chunk(path: Path, entry: dict[str, Any] | None, table: str, attempt: i
         raise TrainscopeError(f"{path}: corrupt or truncated chunk (its SHA-256 differs from the manifest's: "
                               "the file changed after it was written)")
     try:
-        tbl = pq.read_table(pa.BufferReader(data))
+        # string columns decoded as dictionaries (a few distinct layer names over millions of rows):
+        # faster to read and to sort, and turned into strings once per table
+        strings = [fl.name for fl in pq.read_schema(pa.BufferReader(data))
+                   if cols.get(fl.name) == "string" and (pa.types.is_string(fl.type) or pa.types.is_large_string(fl.type))]
+        tbl = pq.read_table(pa.BufferReader(data), read_dictionary=strings)
     except Exception as e:  # noqa: BLE001 - pyarrow raises many types for a damaged file
         raise TrainscopeError(f"{path}: corrupt or truncated chunk ({type(e).__name__}: {e})") from None
     names = set(tbl.column_names)
     missing = [c for c in cols if c not in names and c != "attempt"]
     if missing:
         raise TrainscopeError(f"{path}: not a trainscope {table} chunk (missing columns {', '.join(missing)})")
+    tbl = tbl.select([c for c in cols if c in names])
+    if "attempt" not in names:
+        tbl = tbl.append_column("attempt", pa.array(np.full(tbl.num_rows, attempt, dtype=np.int32)))
     try:
-        df = tbl.select([c for c in cols if c in names]).to_pandas()
-        if "attempt" not in names:
-            df["attempt"] = attempt
-        return df[list(cols)].astype(cols)
+        return _typed(tbl.select(list(cols)), cols)
     except Exception as e:  # noqa: BLE001 - wrong column types and the like
         raise TrainscopeError(f"{path}: unreadable {table} chunk ({type(e).__name__}: {e})") from None
 
 
+_ARROW = {"int64": pa.int64(), "int32": pa.int32(), "float64": pa.float64(), "bool": pa.bool_()}
+
+
+def _native(col: pa.ChunkedArray, dtype: str) -> bool:
+    """True when the column converts to `dtype` as it is: the writer's own types. Integers and
+    booleans without nulls (pandas' astype fails on, or changes, those); NaN/null floats are NaN."""
+    if dtype == "string":
+        t = col.type.value_type if pa.types.is_dictionary(col.type) else col.type
+        return pa.types.is_string(t) or pa.types.is_large_string(t)
+    return col.type == _ARROW[dtype] and (dtype == "float64" or col.null_count == 0)
+
+
+def _typed(tbl: pa.Table, cols: dict[str, str]) -> pa.Table:
+    """The chunk with the schema's types. A chunk the writer wrote stays Arrow as it is (converted to
+    pandas once per table, after sorting: converting and sorting 10M rows chunk by chunk in pandas
+    took seconds); anything else (a foreign or hand-made file) is converted with pandas' astype as
+    it always was, so it reads, or fails, the same way."""
+    if all(_native(tbl.column(c), d) for c, d in cols.items()):
+        return tbl
+    return pa.Table.from_pandas(tbl.to_pandas().astype(cols), preserve_index=False)
+
+
+def _to_frame(tables: list[pa.Table], cols: dict[str, str]) -> pd.DataFrame:
+    """One DataFrame of the chunks in (step, rank) order (a stable sort; chunks are written in step
+    order, their rows often are not), with the schema's dtypes.
+
+    Built for 10M rows, where touching memory is what costs: each column is converted once, numbers
+    written straight into their sorted place, and the column's Arrow buffers freed before the next."""
+
+    def column(c: str) -> pa.ChunkedArray:
+        chunks = [ch for t in tables for ch in t.column(c).chunks]
+        if len({ch.type for ch in chunks}) > 1:  # dictionary and plain strings (a converted chunk)
+            chunks = [ch.cast(pa.large_string()) for ch in chunks]
+        return pa.chunked_array(chunks, type=chunks[0].type if chunks else tables[0].schema.field(c).type)
+
+    n = sum(t.num_rows for t in tables)
+    order = where = None  # the sorted position of each row is where[row]
+    if "step" in cols:
+        step, rank = column("step").to_numpy(), column("rank").to_numpy()
+        if not _sorted_by_step_rank(step, rank):
+            order = np.lexsort((rank, step))
+            where = np.empty(n, dtype=np.int64)
+            where[order] = np.arange(n)
+        del step, rank
+    data: dict[str, Any] = {}
+    for c, dtype in cols.items():
+        arr = column(c)
+        if dtype == "string":
+            if order is not None:
+                arr = arr.take(order)  # on a dictionary's codes, before the strings exist
+            data[c] = pd.arrays.ArrowStringArray(arr.cast(pa.large_string()))
+        else:  # a plain writable numpy array (a view of Arrow's buffer would be read-only)
+            out = np.empty(n, dtype=dtype)
+            pos = 0
+            for ch in arr.chunks:
+                values = ch.to_numpy(zero_copy_only=False)  # NaN for a null float
+                out[slice(pos, pos + len(values)) if where is None else where[pos:pos + len(values)]] = values
+                pos += len(values)
+            data[c] = out
+        del arr
+        tables = [t.drop_columns([c]) for t in tables]  # frees the column's buffers
+    return pd.DataFrame(data, copy=False).astype(cols)
+
+
 def _read_table(run_dir: Path, chunks: "_Chunks", table: str, attempt: int, skip_corrupt: bool,
                 notes: list[str]) -> tuple[pd.DataFrame, "_Chunks"]:
-    frames = []
+    tables = []
     opened, chunks = _open_chunks(run_dir, chunks, table, attempt)
     for i, (path, entry, f) in enumerate(opened):
         try:
-            frames.append(_read_chunk(path, entry, table, attempt, f))
+            tables.append(_read_chunk(path, entry, table, attempt, f))
         except TrainscopeError as e:
             if not skip_corrupt:
                 for _, _, g in opened[i + 1:]:
@@ -224,9 +293,9 @@ def _read_table(run_dir: Path, chunks: "_Chunks", table: str, attempt: int, skip
                         g.close()
                 raise TrainscopeError(f"{e} (--skip-corrupt reads the rest)") from None
             notes.append(f"skipped {e}")
-    if not frames:
+    if not tables:
         return empty_frame(table), chunks
-    return pd.concat(frames, ignore_index=True).astype(schema.COLUMNS[table]), chunks
+    return _to_frame(tables, schema.COLUMNS[table]), chunks
 
 
 def _sanitize_meta(meta: dict[str, Any], notes: list[str], where: Path) -> None:
@@ -269,13 +338,12 @@ def _metas_of_attempt(run_dir: Path, attempt: int, latest: int) -> dict[int, dic
     return metas
 
 
-def _sorted_by_step_rank(df: pd.DataFrame) -> bool:
+def _sorted_by_step_rank(step: np.ndarray, rank: np.ndarray) -> bool:
     """True when a stable sort by (step, rank) would not move any row (sorting 10M rows takes seconds)."""
-    if len(df) < 2:
+    if len(step) < 2:
         return True
-    s, r = df["step"].to_numpy(), df["rank"].to_numpy()
-    ds = s[1:] - s[:-1]
-    return bool(np.all((ds > 0) | ((ds == 0) & (r[1:] >= r[:-1]))))
+    ds = step[1:] - step[:-1]
+    return bool(np.all((ds > 0) | ((ds == 0) & (rank[1:] >= rank[:-1]))))
 
 
 def load_run(path: str | os.PathLike[str], attempt: int | None = None, skip_corrupt: bool = False) -> Run:
@@ -334,12 +402,8 @@ def load_run(path: str | os.PathLike[str], attempt: int | None = None, skip_corr
     meta["attempt"] = attempt
     meta["attempts"] = sorted(attempts)
     tables = {}
-    for t in schema.TABLES:
+    for t in schema.TABLES:  # each in (step, rank) order (init has no step: as written)
         tables[t], chunks = _read_table(run_dir, chunks, t, attempt, skip_corrupt, notes)
-    for t in (schema.SCALARS, schema.LAYERS, schema.EVENTS):
-        if not _sorted_by_step_rank(tables[t]):  # chunks are written in step order: usually sorted already
-            tables[t] = tables[t].sort_values(["step", "rank"], kind="stable")
-        tables[t] = tables[t].reset_index(drop=True)
     # FSDP2: each rank recorded its shards; give every rank's row the full tensor's statistics
     tables[schema.SCALARS], tables[schema.LAYERS] = shards.merge(meta, tables[schema.SCALARS],
                                                                  tables[schema.LAYERS], notes)
