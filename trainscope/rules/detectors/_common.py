@@ -110,9 +110,17 @@ def pivot(df: pd.DataFrame, stat: str, rows: pd.Series | np.ndarray | None = Non
     if rows is not None:
         rows = np.asarray(rows, dtype=bool)
         layer, order, step, vals = layer[rows], order[rows], step[rows], vals[rows]
-    order = order.groupby(layer).min().sort_values(kind="stable")
-    steps, si = np.unique(step, return_inverse=True)
     li, layers = pd.factorize(layer, sort=False)
+    # forward order: each layer's smallest `order`, ties by name (groupby's sorted keys, then a stable sort)
+    first = np.full(len(layers), np.iinfo(np.int64).max)
+    np.minimum.at(first, li[li >= 0], order.to_numpy()[li >= 0])
+    names = np.asarray(layers, dtype=object)
+    forward = sorted(range(len(layers)), key=lambda i: (first[i], names[i]))
+    if len(step) and bool(np.all(step[1:] >= step[:-1])):  # the reader's (step, rank) order: no sort needed
+        new_step = np.concatenate([[True], step[1:] != step[:-1]])
+        steps, si = step[new_step], np.cumsum(new_step) - 1
+    else:
+        steps, si = np.unique(step, return_inverse=True)
     ok = ~np.isnan(vals) & (li >= 0)
     n_l = len(layers)
     cell = si[ok] * n_l + li[ok]
@@ -122,14 +130,14 @@ def pivot(df: pd.DataFrame, stat: str, rows: pd.Series | np.ndarray | None = Non
         v = vals[ok]
         fin = np.isfinite(v)
         total = np.bincount(cell[fin], weights=v[fin], minlength=len(steps) * n_l).reshape(len(steps), n_l)
-        for sign in (1.0, -1.0):
+        for sign in (1.0, -1.0) if not fin.all() else ():
             hit = np.bincount(cell[v == sign * np.inf], minlength=len(steps) * n_l).reshape(len(steps), n_l) > 0
             total = np.where(hit, total + sign * np.inf, total)
         mean = np.where(cnt > 0, total / np.maximum(cnt, 1), np.nan)
     keep_rows, keep_cols = cnt.any(axis=1), cnt.any(axis=0)
     table = pd.DataFrame(mean[keep_rows][:, keep_cols], index=pd.Index(steps[keep_rows], name="step"),
                          columns=pd.Index(np.asarray(layers)[keep_cols], name="layer"))
-    return table[[c for c in order.index if c in table.columns]]
+    return table[[names[i] for i in forward if keep_cols[i]]]
 
 
 def step_span(index: Any) -> tuple[int, int]:
