@@ -77,6 +77,23 @@ class _PreClip:
     used: bool = False
 
 
+@dataclass
+class _Snapshot:
+    """A recorded step's weights before the update: one tensor of every parameter's sampled values."""
+
+    layers: list[tuple[str, str, int, int]]  # (layer, module type, its parameter count, its element count)
+    params: list[Tensor]  # the parameters that had a gradient, layer by layer
+    index: list[Tensor | None]  # each one's sample (None: all of it)
+    before: Tensor | None  # their values, concatenated (None: the per-tensor path below)
+    per_tensor: list[tuple[Tensor, Tensor | None]] | None  # complex or sparse weights: per tensor
+    lengths: tuple[int, ...]  # values per parameter in `before`
+    scales: tuple[float, ...]  # numel / sampled values per parameter
+
+
+def _numel(t: Tensor) -> int:
+    return t.numel() if t.layout == torch.strided else st.values_of(t).numel()
+
+
 class ParamStats(Collector):
     every_step = frozenset({"on_backward", "on_step_begin", "on_step_end"})  # norms follow their own cadence
 
@@ -88,7 +105,9 @@ class ParamStats(Collector):
         self.grad_norm_every = grad_norm_every
         self.has_optimizer = has_optimizer
         # weights before a recorded step (whole, or the sampled elements), for the update ratio
-        self._snapshots: dict[str, tuple[list[Tensor], list[tuple[Tensor, Tensor | None]]]] = {}
+        self._snapshots: _Snapshot | None = None
+        param_bytes = sum(p.numel() * p.element_size() for p in {id(p): p for _, _, _, ps in layers for p in ps}.values())
+        self.reducer = st.MomentReducer(st.scratch_bytes(param_bytes))  # recorded steps' batched statistics
         n_refs = sum(len(ps) for _, _, _, ps in layers)
         self._shared = n_refs != len({id(p) for _, _, _, ps in layers for p in ps})  # tied weights present
         self._pre: _PreClip | None = None
@@ -304,12 +323,71 @@ class ParamStats(Collector):
         return self._sample_index[key]
 
     def _snapshot(self, ps: list[Tensor]) -> list[tuple[Tensor, Tensor | None]]:
+        """Per tensor: its values before the step at its sample (the per-tensor path, complex weights)."""
         out = []
         for p in ps:
             idx = self._sample(p)
             flat = sharded.local(p).detach().reshape(-1)
             out.append((flat.index_select(0, idx) if idx is not None else flat.clone(), idx))
         return out
+
+    def _record_layers(self, s: int, layers: list[LayerGrads], grad_raw: dict[str, tuple[Any, Any]]) -> None:
+        """A recorded step: every layer's gradient and weight moments from one batched reduction
+        (stats.MomentReducer), and the weights' sampled values for the update ratio."""
+        tensors: list[Tensor] = []
+        spans = []
+        for name, _, ps, gs in layers:
+            g0 = len(tensors)
+            if name not in grad_raw:  # read at clip_grad_norm_, before the clip
+                tensors += gs
+            w0 = len(tensors)
+            tensors += self._values(ps)
+            spans.append((g0, w0, len(tensors)))
+        rows = self.reducer.rows(tensors) if tensors else None
+        numels = [_numel(t) for t in tensors]
+        buf = self.buffer
+        for (name, typ, _, _), (g0, w0, w1) in zip(layers, spans):
+            raw = grad_raw.get(name)
+            if raw is None:
+                raw = (rows[g0:w0].reshape(-1), tuple(numels[g0:w0]))
+            buf.layers.append((s, name, "grad", typ, *raw))
+            buf.layers.append((s, name, "weight", typ, rows[w0:w1].reshape(-1), tuple(numels[w0:w1])))
+        buf.pending_rows += 2 * len(layers)
+        if self.has_optimizer and layers:
+            self._snapshots = self._take_snapshot(layers)
+
+    def _take_snapshot(self, layers: list[LayerGrads]) -> _Snapshot:
+        """The values before the step: one new tensor holding each parameter whole (small) or at its sample."""
+        ps = [p for _, _, lps, _ in layers for p in lps]
+        values = self._values(ps)
+        named = [(name, typ, len(lps), sum(v.numel() for v in self._values(lps))) for name, typ, lps, _ in layers]
+        if any(v.is_complex() or v.layout != torch.strided for v in values):  # the per-tensor path
+            return _Snapshot(named, ps, [], None, self._snapshot(ps), (), ())
+        index = [self._sample(p) for p in ps]
+        lengths = tuple(v.numel() if i is None else i.numel() for v, i in zip(values, index))
+        scales = tuple(v.numel() / n for v, n in zip(values, lengths))
+        return _Snapshot(named, ps, index, st.snapshot_values(values, index), None, lengths, scales)
+
+    def _record_updates(self, step: int, snap: _Snapshot) -> None:
+        """Each layer's update sums: the parameters now against their values before the step, in one batch."""
+        values = self._values(snap.params)
+        if snap.before is None:
+            before = snap.per_tensor
+            k, rows = 0, []
+            for _, _, n_p, _ in snap.layers:
+                rows.append(st.raw_update_sampled([b for b, _ in before[k:k + n_p]], values[k:k + n_p],
+                                                  [i for _, i in before[k:k + n_p]]))
+                k += n_p
+        else:
+            per = self.reducer.update_rows(snap.before, st.snapshot_values(values, snap.index), snap.lengths,
+                                           snap.scales)
+            k, rows = 0, []
+            for _, _, n_p, _ in snap.layers:
+                rows.append(per[k:k + n_p].reshape(-1))
+                k += n_p
+        for (name, typ, _, numel), raw in zip(snap.layers, rows):
+            self.buffer.layers.append((step, name, "update", typ, raw, numel))
+        self.buffer.pending_rows += len(snap.layers)
 
     # -------------------------------------------------------------- clip_grad_norm_ seen
     def on_backward(self) -> None:
@@ -406,14 +484,7 @@ class ParamStats(Collector):
             elif self.anomaly is not None:
                 self.anomaly.on_grad_norm(s, gn)
         if record:
-            grad_raw = pre.grad_raw if pre is not None else {}
-            for name, typ, ps, gs in layers:
-                raw = grad_raw.get(name)
-                buf.layers.append((s, name, "grad", typ, *(raw if raw is not None else st.raw_moments(gs))))
-                buf.layers.append((s, name, "weight", typ, *st.raw_moments(self._values(ps))))
-                if self.has_optimizer:
-                    self._snapshots[name] = (ps, self._snapshot(ps))
-            buf.pending_rows += 2 * len(layers)
+            self._record_layers(s, layers, pre.grad_raw if pre is not None else {})
 
     def _pre_rows(self, s: int, pre: _PreClip, epoch: float, t: float) -> None:
         buf = self.buffer
@@ -430,15 +501,6 @@ class ParamStats(Collector):
             # clip_grad_norm_ ran after the step began (inside a closure): keep what it said.
             norm = pre.norm if pre.norm is not None or pre.vec is None else torch.linalg.vector_norm(pre.vec[0])
             self._clip_rows(step, pre.max_norm, norm, clipped=False)
-        if not self._snapshots:
-            return
-        for name, _, typ, _ in self.layers:
-            snap = self._snapshots.get(name)
-            if snap is not None:
-                params, before = snap  # the parameters that had a gradient, and their values before the step
-                params = self._values(params)
-                numel = sum(p.numel() for p in params)
-                raw = st.raw_update_sampled([b for b, _ in before], params, [i for _, i in before])
-                self.buffer.layers.append((step, name, "update", typ, raw, numel))
-        self.buffer.pending_rows += len(self._snapshots)
-        self._snapshots = {}
+        snap, self._snapshots = self._snapshots, None
+        if snap is not None:
+            self._record_updates(step, snap)

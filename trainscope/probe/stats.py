@@ -1,20 +1,29 @@
 """Tensor statistics: raw moment sums on the device, final numbers on the host.
 
-Inside a training step the probe only launches a handful of reductions per tensor (`sum`, `dot`,
-`aminmax`, `count_nonzero`) and stacks their 0-d results into one small *raw* vector; every raw
-vector of a flush is concatenated and copied to the host once, where numpy turns them into the
-statistics of `schema.LAYER_STATS`. Scalar arithmetic on the device would cost a kernel launch
-(several microseconds on CPU) per operation; on the host it is free.
+Inside a training step the probe reduces all tensors of one kind at once (`MomentReducer`): their
+values are packed, zero-padded, into the rows of one scratch matrix (ROW elements a row; bounded
+chunks of it for large models) and every reduction is one row-wise call over all of them (`norm`,
+`sum`, `amin`, `amax`, a nonzero count), so a step costs a constant number of kernel launches, not a
+handful per tensor. The rows are added up per tensor; on the host (CPU: reading is free) with numpy,
+on an accelerator with two segment reductions on the device. Every raw vector of a flush is
+concatenated and copied to the host once, where numpy turns them into the statistics of
+`schema.LAYER_STATS`.
 
-Raw layouts (one row per tensor of a layer; a layer's tensors share one shift so rows add up):
+Raw layouts (one row per tensor of a layer; each row has its own shift, `finalize_moments` combines them):
   moments:    shift, sum x^2, sum (x-c), sum (x-c)^2, min, max, nonzero count, non-finite count
   activation: moments + units dead for the whole batch, saturated elements
   update:     sum (after-before)^2, sum before^2
+Only max(|min|, |max|) is read from min and max: a padded row's zeros may show in them.
+
+The shift c keeps the variance exact when |mean| >> std. On the host path c is 0 (the plain sums,
+one pass fewer) unless a tensor's own sums say mean^2 > SHIFT_RATIO * variance; then that tensor's
+shifted sums are taken again with c = its first element. On an accelerator (no host read inside a
+step) every row is shifted by its tensor's first element.
 """
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -37,6 +46,309 @@ SATURATING = {"Sigmoid": "sigmoid", "Tanh": "tanh", "Softmax": "softmax", "Hards
 _CHANNEL_FIRST = ("Conv", "BatchNorm2d", "BatchNorm3d", "Pool", "InstanceNorm", "GroupNorm", "Upsample")
 
 
+# ------------------------------------------------------------------------------------------ batched core
+ROW = 512  # elements per row of the packed scratch matrix
+SCRATCH_FRACTION = 0.005  # a reducer's scratch: at most this share of the model's parameter bytes...
+SCRATCH_MIN_BYTES = 4 << 20  # ...or this much, whichever is larger
+SHIFT_RATIO = 16.0  # host path: plain sums while mean^2 <= SHIFT_RATIO * variance (float32 error ~ 17 eps)
+_BYTES_PER_ELEMENT = 5  # the packed float32 row and one byte of the nonzero mask
+
+
+def scratch_bytes(param_bytes: int) -> int:
+    """The scratch memory one reduction may hold at once, for a model of `param_bytes`."""
+    return max(int(SCRATCH_FRACTION * param_bytes), SCRATCH_MIN_BYTES)
+
+
+class _Plan:
+    """How a list of tensors of given sizes is packed into rows, cached per list of sizes."""
+
+    def __init__(self, numels: tuple[int, ...], chunk_rows: int) -> None:
+        self.numels = numels
+        rows = [-(-n // ROW) for n in numels]
+        self.row_start = np.cumsum([0] + rows[:-1]).astype(np.int64)
+        self.total_rows = int(sum(rows))
+        self.multi_row = any(r > 1 for r in rows)
+        self.rows = rows
+        self.chunks: list[tuple[int, int, list[tuple[int, int, int, int]]]] = []  # (row0, row1, pieces)
+        r0, pieces, used = 0, [], 0
+        for i, (n, r) in enumerate(zip(numels, rows)):
+            done = 0
+            while done < r:
+                take = min(r - done, chunk_rows - used)
+                a, b = done * ROW, min((done + take) * ROW, n)
+                pad = (done + take) * ROW - b
+                pieces.append((i, a, b, pad))
+                done += take
+                used += take
+                if used == chunk_rows:
+                    self.chunks.append((r0, r0 + used, pieces))
+                    r0, pieces, used = r0 + used, [], 0
+        if pieces:
+            self.chunks.append((r0, r0 + used, pieces))
+        self.dev: dict[Any, Any] = {}  # device tensors of the accelerator path, made once
+
+    def device_tensors(self, device: torch.device) -> tuple[Tensor, Tensor, list[tuple[Tensor, Tensor] | None]]:
+        """(row -> item, rows per item, per chunk: its partial rows and their pad masks, or None) on `device`."""
+        t = self.dev.get(device)
+        if t is None:
+            row_item = np.repeat(np.arange(len(self.numels)), self.rows)
+            last = {int(s + r - 1): n % ROW for s, r, n in zip(self.row_start, self.rows, self.numels) if n % ROW}
+            per_chunk: list[tuple[Tensor, Tensor] | None] = []
+            for r0, r1, _ in self.chunks:
+                rows = [r for r in range(r0, r1) if r in last]
+                if not rows:
+                    per_chunk.append(None)
+                    continue
+                fill = torch.tensor([last[r] for r in rows]).unsqueeze(1)
+                mask = torch.arange(ROW).unsqueeze(0) >= fill  # True on the pads
+                per_chunk.append((torch.as_tensor([r - r0 for r in rows], dtype=torch.long).to(device),
+                                  mask.to(device)))
+            t = (torch.as_tensor(row_item, dtype=torch.long).to(device),
+                 torch.as_tensor(self.rows, dtype=torch.long).to(device), per_chunk)
+            self.dev[device] = t
+        return t
+
+
+class MomentReducer:
+    """Raw moment rows (stats.py layout) for many tensors at once, in a constant number of kernel launches.
+
+    `rows(tensors)` returns one row of N_MOMENTS per tensor: a float64 numpy array where reading the
+    device is free (CPU), else a float32 tensor on the tensors' device. Peak scratch: `budget` bytes."""
+
+    def __init__(self, budget: int = SCRATCH_MIN_BYTES) -> None:
+        self.budget = budget
+        self.chunk_rows = max(1, budget // (_BYTES_PER_ELEMENT * ROW))
+        self._plans: dict[tuple[int, ...], _Plan] = {}
+        self._zeros: dict[torch.device, Tensor] = {}
+        self._small: dict[Any, Tensor] = {}  # small index / scale tensors on the device, made once
+
+    def plan(self, numels: tuple[int, ...]) -> _Plan:
+        p = self._plans.get(numels)
+        if p is None:
+            if len(self._plans) >= 16:  # shapes that change every step (last batches...): keep a few
+                self._plans.pop(next(iter(self._plans)))
+            p = self._plans[numels] = _Plan(numels, self.chunk_rows)
+        return p
+
+    def _pack(self, flats: Sequence[Tensor], pieces: list[tuple[int, int, int, int]], rows: int,
+              copy: bool = False) -> Tensor:
+        """The pieces' values as a (rows, ROW) float32 matrix: a view of the tensor itself where one whole
+        unpadded piece allows it and `copy` is off; else packed into the thread's scratch (CPU) or a new one."""
+        dev = flats[0].device
+        zero = self._zeros.get(dev)
+        if zero is None:
+            zero = self._zeros[dev] = torch.zeros(1, device=dev)
+        parts = []
+        for i, a, b, pad in pieces:
+            f = flats[i]
+            parts.append(f if a == 0 and b == f.numel() else f[a:b])
+            if pad:
+                parts.append(zero.expand(pad))
+        if len(parts) == 1 and not copy and parts[0].dtype == torch.float32:
+            return parts[0].view(rows, ROW)
+        m = torch.cat(parts) if len(parts) > 1 else parts[0].clone()
+        return (m if m.dtype == torch.float32 else m.float()).view(rows, ROW)
+
+    def rows(self, tensors: Sequence[Tensor]) -> np.ndarray | Tensor:
+        """One raw moment row per tensor."""
+        flats = [values_of(t).reshape(-1) for t in tensors]
+        keep = [i for i, f in enumerate(flats) if f.numel() > 0]
+        devices = {flats[i].device for i in keep}
+        if len(keep) < len(flats) or len(devices) > 1:
+            return self._mixed(flats, keep)
+        if host.free(flats[0]):
+            return self._host(flats)
+        return self._device(flats)
+
+    def _mixed(self, flats: list[Tensor], keep: list[int]) -> np.ndarray | Tensor:
+        """Empty tensors (a NaN row) or tensors on several devices: one reduction per device."""
+        by_dev: dict[torch.device, list[int]] = {}
+        for i in keep:
+            by_dev.setdefault(flats[i].device, []).append(i)
+        if all(host.free(flats[idx[0]]) for idx in by_dev.values()):
+            out = np.full((len(flats), N_MOMENTS), NAN)
+            for idx in by_dev.values():
+                out[idx] = self._host([flats[i] for i in idx])
+            return out
+        dev = flats[keep[0]].device if keep else flats[0].device
+        out_t = torch.full((len(flats), N_MOMENTS), NAN, device=dev)
+        for idx in by_dev.values():
+            r = self._device([flats[i] for i in idx])
+            out_t[torch.as_tensor(idx, device=dev)] = r.to(dev)
+        return out_t
+
+    # ---------------------------------------------------------------- host path (CPU)
+    def _host(self, flats: list[Tensor]) -> np.ndarray:
+        """CPU: each tensor read in place through a numpy view (no packing pass): BLAS dot, pairwise sum,
+        SIMD min / max and nonzero count; a handful of C calls per tensor, no kernel dispatch."""
+        out = np.empty((len(flats), N_MOMENTS))
+        for k, f in enumerate(flats):
+            out[k] = self._host_row(_np(f))
+        return out
+
+    def _host_row(self, a: np.ndarray) -> list[float]:
+        n = a.size
+        sq = float(a.dot(a))
+        s1 = float(a.sum())
+        lo, hi = float(a.min()), float(a.max())
+        step = self.budget if n > self.budget else n  # the bool temporaries of huge tensors: in pieces
+        if step == n:
+            nz = float(np.count_nonzero(a.astype(bool)))
+        else:
+            nz = float(sum(np.count_nonzero(a[i:i + step].astype(bool)) for i in range(0, n, step)))
+        bad = 0.0 if math.isfinite(sq) else float(sum(np.count_nonzero(~np.isfinite(a[i:i + step]))
+                                                      for i in range(0, n, step)))
+        mean = s1 / n
+        var = sq / n - mean * mean
+        if mean != 0.0 and math.isfinite(var) and mean * mean > SHIFT_RATIO * max(var, 0.0):
+            # |mean| >> std: the plain sums would lose the variance; shifted by the first value, in float64
+            c = float(a[0])
+            s1 = s2 = 0.0
+            step = max(1, self.budget // 8)
+            for i in range(0, n, step):
+                d = a[i:i + step].astype(np.float64)
+                d -= c
+                s1 += float(d.sum())
+                s2 += float(d.dot(d))
+            return [c, sq, s1, s2, lo, hi, nz, bad]
+        return [0.0, sq, s1, sq, lo, hi, nz, bad]
+
+    # ---------------------------------------------------------------- accelerator path (no host read)
+    def _device(self, flats: list[Tensor]) -> Tensor:
+        plan = self.plan(tuple(f.numel() for f in flats))
+        dev = flats[0].device
+        row_item, lengths, partial = plan.device_tensors(dev)
+        c_item = torch.cat([f[:1] for f in flats]).float()
+        c_row = c_item.index_select(0, row_item)
+        parts = []
+        for (r0, r1, pieces), part in zip(plan.chunks, partial):
+            m = self._pack(flats, pieces, r1 - r0, copy=True)  # shifted in place below
+            c = c_row[r0:r1].unsqueeze(1)
+            sq = torch.linalg.vector_norm(m, dim=1).square_()
+            lo, hi = m.amin(1), m.amax(1)
+            nz = torch.linalg.vector_norm(m, 0, dim=1)  # ord 0: the nonzero count (NaN counts)
+            bad = torch.isfinite(m).logical_not_().sum(1, dtype=torch.float32)
+            if part is not None:  # the last row of a tensor: its zero pads must stay out of the shifted sums
+                sel, pad_mask = part
+                mp = m.index_select(0, sel)
+            m.sub_(c)
+            s1, s2 = m.sum(1), torch.linalg.vector_norm(m, dim=1).square_()
+            if part is not None:
+                mp.sub_(c.index_select(0, sel)).masked_fill_(pad_mask, 0.0)
+                s1 = s1.index_copy(0, sel, mp.sum(1))
+                s2 = s2.index_copy(0, sel, torch.linalg.vector_norm(mp, dim=1).square_())
+            parts.append(torch.stack([sq, s1, s2, nz, bad, -lo, hi], dim=1))
+        per_row = parts[0] if len(parts) == 1 else torch.cat(parts)
+        if plan.multi_row:
+            sums = torch.segment_reduce(per_row[:, :5], "sum", lengths=lengths, axis=0)
+            ext = torch.segment_reduce(per_row[:, 5:], "max", lengths=lengths, axis=0)
+        else:
+            sums, ext = per_row[:, :5], per_row[:, 5:]
+        return torch.stack([c_item, sums[:, 0], sums[:, 1], sums[:, 2], -ext[:, 0], ext[:, 1], sums[:, 3],
+                            sums[:, 4]], dim=1)
+
+    # ---------------------------------------------------------------- module outputs
+    def activation_rows(self, outs: Sequence[Tensor], types: Sequence[str]) -> tuple[np.ndarray | Tensor,
+                                                                                   list[tuple[int, int]]]:
+        """Raw activation rows (N_ACTIVATION each) of module outputs, and each one's (numel, units)."""
+        xs = []
+        for out in outs:
+            x = values_of(out)
+            xs.append(x.reshape(-1, 1) if x.dim() <= 1 else x)
+        mom = self.rows(xs)
+        maxes, info, sat, n_units = [], [], [], []
+        for x, typ in zip(xs, types):
+            ud = unit_dim(x, typ)
+            units = x.shape[ud]
+            n_units.append(units)
+            if ud == x.dim() - 1:
+                maxes.append(x.reshape(-1, units).amax(0))
+            else:
+                maxes.append(x.amax(dim=tuple(d for d in range(x.dim()) if d != ud)))
+            kind = SATURATING.get(typ)
+            if kind is not None:
+                sat.append((len(info), _saturated(x, kind, ud)))
+                if kind == "softmax":
+                    units = -(x.numel() // units)  # negative: saturation is per row, not per element
+            info.append((x.numel(), units))
+        if isinstance(mom, np.ndarray):
+            dead = np.asarray([float(np.count_nonzero(_np(m) <= 0)) for m in maxes])
+            sv = np.full(len(xs), NAN)
+            for i, v in sat:
+                sv[i] = float(v)
+            return np.concatenate([mom, dead[:, None], sv[:, None]], axis=1), info
+        unit_max = torch.cat(maxes) if len(maxes) > 1 else maxes[0]
+        dev = unit_max.device
+        lengths = self._lengths(tuple(n_units), dev)
+        dead_t = torch.segment_reduce((unit_max <= 0).float(), "sum", lengths=lengths)
+        s_t = torch.full((len(xs),), NAN, device=dev)
+        if sat:
+            s_t = s_t.index_copy(0, self._lengths(tuple(i for i, _ in sat), dev),
+                                 torch.stack([v.float() for _, v in sat]))
+        return torch.cat([mom, dead_t.unsqueeze(1), s_t.unsqueeze(1)], dim=1), info
+
+    def _lengths(self, values: tuple[int, ...], device: torch.device) -> Tensor:
+        key = (values, device)
+        t = self._small.get(key)
+        if t is None:
+            if len(self._small) >= 64:
+                self._small.pop(next(iter(self._small)))
+            t = self._small[key] = torch.as_tensor(values, dtype=torch.long).to(device)
+        return t
+
+    # ---------------------------------------------------------------- updates
+    def update_rows(self, before: Tensor, after: Tensor, lengths: tuple[int, ...],
+                    scales: tuple[float, ...]) -> np.ndarray | Tensor:
+        """sum (after-before)^2 and sum before^2 (times its scale) of each of the concatenated segments."""
+        if host.free(before):
+            b = before.numpy().astype(np.float64)
+            d = after.numpy().astype(np.float64) - b
+            at = np.cumsum((0,) + lengths[:-1])
+            out = np.stack([np.add.reduceat(d * d, at), np.add.reduceat(b * b, at)], axis=1)
+            return out * np.asarray(scales)[:, None]
+        d = (after - before).float()
+        b = before.float()
+        sums = torch.segment_reduce(torch.stack([d * d, b * b], dim=1), "sum",
+                                    lengths=self._lengths(lengths, before.device), axis=0)
+        return sums * self._scales(scales, before.device).unsqueeze(1)
+
+    def _scales(self, values: tuple[float, ...], device: torch.device) -> Tensor:
+        key = ("scale", values, device)
+        t = self._small.get(key)
+        if t is None:
+            t = self._small[key] = torch.as_tensor(values, dtype=torch.float32).to(device)
+        return t
+
+
+def _np(t: Tensor) -> np.ndarray:
+    """A CPU tensor's values as a flat numpy array: a view where the layout allows (float32 / float64)."""
+    x = t.detach()
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
+    return x.resolve_conj().resolve_neg().numpy().reshape(-1)
+
+
+def _saturated(x: Tensor, kind: str, ud: int) -> Tensor:
+    if kind == "sigmoid":
+        return torch.count_nonzero((x < 0.01) | (x > 0.99)).float()
+    if kind == "tanh":
+        return torch.count_nonzero(x.abs() > 0.99).float()
+    return torch.count_nonzero(x.amax(dim=ud) > 0.99).float()  # softmax: rows whose largest probability is > 0.99
+
+
+def snapshot_values(params: Sequence[Tensor], index: Sequence[Tensor | None]) -> Tensor:
+    """One new tensor with every parameter's values at its fixed sample (all of it where the index is None)."""
+    parts = []
+    for p, idx in zip(params, index):
+        flat = p.detach().reshape(-1)
+        parts.append(flat if idx is None else flat.index_select(0, idx))
+    v = torch.cat(parts)  # a copy, even of one tensor
+    return v if v.dtype in (torch.float32, torch.float64) else v.float()
+
+
+_REDUCER = MomentReducer()
+
+
 def values_of(t: Tensor) -> Tensor:
     """The numbers a statistic is taken over: a sparse tensor's coalesced stored values (its norm is
     the dense tensor's norm), a complex tensor's magnitudes (no "discards the imaginary part" cast)."""
@@ -55,28 +367,15 @@ def _flat_float(t: Tensor) -> Tensor:
     return t if t.dtype == torch.float32 else t.float()
 
 
-def _moments(t: Tensor, shift: Tensor) -> list[Tensor]:
-    d = t - shift  # the shift keeps the variance exact when |mean| >> std
-    sq = t.dot(t)
-    lo, hi = torch.aminmax(t)
-    nonzero = torch.count_nonzero(t).to(t.dtype)
-    if host.free(t) and math.isfinite(sq.item()):
-        bad = sq * 0.0  # asking is free on CPU: skip the count when everything is finite
-    else:
-        bad = torch.count_nonzero(t * 0).to(t.dtype)  # x*0 is NaN exactly where x is NaN or Inf
-    return [shift, sq, d.sum(), d.dot(d), lo, hi, nonzero, bad]
-
-
-def raw_moments(tensors: Tensor | Sequence[Tensor]) -> tuple[Tensor, tuple[int, ...]]:
+def raw_moments(tensors: Tensor | Sequence[Tensor],
+                reducer: MomentReducer | None = None) -> tuple[np.ndarray | Tensor, tuple[int, ...]]:
     """Raw moments of a layer's tensors (k x 8, flattened) and their element counts."""
     if isinstance(tensors, Tensor):
         tensors = [tensors]
-    flats = [_flat_float(t) for t in tensors if t.numel() > 0]
-    if not flats:
-        return torch.full((N_MOMENTS,), NAN), (0,)
-    shift = flats[0][0]
-    parts = [v for t in flats for v in _moments(t, shift)]
-    return torch.stack(parts), tuple(t.numel() for t in flats)
+    if not tensors:
+        return np.full(N_MOMENTS, NAN), (0,)
+    rows = (reducer or _REDUCER).rows(tensors)
+    return rows.reshape(-1), tuple(values_of(t).numel() for t in tensors)
 
 
 def unit_dim(out: Tensor, module_type: str) -> int:
@@ -86,32 +385,15 @@ def unit_dim(out: Tensor, module_type: str) -> int:
     return out.dim() - 1
 
 
-def raw_activation(out: Tensor, module_type: str) -> tuple[Tensor, int, int]:
+def raw_activation(out: Tensor, module_type: str,
+                   reducer: MomentReducer | None = None) -> tuple[np.ndarray | Tensor, int, int]:
     """Raw moments + dead-unit and saturated counts of a module output; (raw, numel, units)."""
     x = values_of(out)
-    if x.dtype != torch.float32:
-        x = x.float()
-    if x.dim() <= 1:
-        x = x.reshape(-1, 1)
-    flat = x.reshape(-1)
-    if flat.numel() == 0:
-        return torch.full((N_ACTIVATION,), NAN), 0, 0
-    parts = _moments(flat, flat[0])
-    ud = unit_dim(x, module_type)
-    others = tuple(d for d in range(x.dim()) if d != ud)
-    parts.append(torch.count_nonzero(x.amax(dim=others) <= 0).to(x.dtype))
-    kind = SATURATING.get(module_type)
-    units = x.shape[ud]
-    if kind == "sigmoid":
-        parts.append(torch.count_nonzero((x < 0.01) | (x > 0.99)).to(x.dtype))
-    elif kind == "tanh":
-        parts.append(torch.count_nonzero(x.abs() > 0.99).to(x.dtype))
-    elif kind == "softmax":  # rows whose largest probability is > 0.99
-        parts.append(torch.count_nonzero(x.amax(dim=ud) > 0.99).to(x.dtype))
-        units = -(flat.numel() // units)  # negative: saturation is per row, not per element
-    else:
-        parts.append(flat[0] * NAN)
-    return torch.stack(parts), flat.numel(), units
+    if x.numel() == 0:
+        return np.full(N_ACTIVATION, NAN), 0, 0
+    rows, info = (reducer or _REDUCER).activation_rows([x if x.dtype == torch.float32 else x.float()],
+                                                       [module_type])
+    return rows[0], info[0][0], info[0][1]
 
 
 def raw_update(before: Sequence[Tensor], after: Sequence[Tensor]) -> Tensor:
@@ -126,22 +408,37 @@ def raw_update(before: Sequence[Tensor], after: Sequence[Tensor]) -> Tensor:
 
 
 def finalize_moments(raw: np.ndarray, numels: Sequence[int]) -> list[float]:
-    """LAYER_STATS values from raw moment rows (k x 8) of one layer."""
+    """LAYER_STATS values from raw moment rows (k x 8) of one layer; row i covers numels[i] elements.
+
+    Each row has its own shift: the rows are merged as (mean, sum of squared deviations) pairs (Chan et
+    al.), in float64. A single count for several rows (an older layout: one shift for all) is spread
+    over them as if they shared it."""
     out = [NAN] * N_STATS
     n = int(sum(numels))
     out[_I["numel"]] = float(n)
     if n == 0:
         return out
     r = np.asarray(raw, dtype=np.float64).reshape(-1, N_MOMENTS)
-    shift = r[0, 0]
-    sq, s1, s2 = r[:, 1].sum(), r[:, 2].sum(), r[:, 3].sum()
+    ns = np.asarray(numels, dtype=np.float64).reshape(-1)
+    if len(ns) != len(r):  # one shared shift: the rows add up as they are
+        r = np.concatenate([r[:1, :1], r[:, 1:4].sum(axis=0, keepdims=True), r[:, 4:5].min(axis=0, keepdims=True),
+                            r[:, 5:6].max(axis=0, keepdims=True), r[:, 6:8].sum(axis=0, keepdims=True)], axis=1)
+        ns = np.asarray([float(n)])
+    r, ns = r[ns > 0], ns[ns > 0]
+    sq = r[:, 1].sum()
     lo, hi = r[:, 4].min(), r[:, 5].max()
     nonzero, bad = r[:, 6].sum(), r[:, 7].sum()
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_shifted = s1 / n
-        var = (s2 - s1 * mean_shifted) / (n - 1) if n > 1 else NAN
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        means = r[:, 0] + r[:, 2] / ns
+        m2 = r[:, 3] - r[:, 2] * r[:, 2] / ns  # each row's sum of squared deviations from its own mean
+        mean = float((ns * means).sum() / n) if len(ns) > 1 else float(means[0])
+        if len(ns) > 1:
+            m2 = m2.sum() + (ns * (means - mean) ** 2).sum()
+        else:
+            m2 = m2[0]
+        var = m2 / (n - 1) if n > 1 else NAN
         out[_I["norm"]] = float(np.sqrt(sq))
-        out[_I["mean"]] = float(mean_shifted + shift)
+        out[_I["mean"]] = mean
         out[_I["std"]] = float(np.sqrt(max(var, 0.0))) if np.isfinite(var) else float(var)
         out[_I["max_abs"]] = float(max(abs(lo), abs(hi))) if np.isfinite(lo) and np.isfinite(hi) else NAN
     out[_I["frac_zero"]] = float(1.0 - nonzero / n)
@@ -172,14 +469,18 @@ def finalize_update(raw: np.ndarray, numel: int) -> list[float]:
 
 
 # Convenience forms (one tensor in, final statistics out) for users and tests.
+def _host_array(raw: np.ndarray | Tensor) -> np.ndarray:
+    return raw if isinstance(raw, np.ndarray) else raw.detach().cpu().numpy()
+
+
 def basic_stats(tensors: Tensor | Sequence[Tensor]) -> Tensor:
     raw, numels = raw_moments(tensors)
-    return torch.tensor(finalize_moments(raw.cpu().numpy(), numels))
+    return torch.tensor(finalize_moments(_host_array(raw), numels))
 
 
 def activation_stats(out: Tensor, module_type: str) -> Tensor:
     raw, numel, units = raw_activation(out, module_type)
-    return torch.tensor(finalize_activation(raw.cpu().numpy(), numel, units))
+    return torch.tensor(finalize_activation(_host_array(raw), numel, units))
 
 
 def update_stats(before: Sequence[Tensor], after: Sequence[Tensor]) -> Tensor:
