@@ -4,9 +4,10 @@ On a recorded step they record each leaf module's output statistics (and the sma
 BatchNorm layer saw in train mode); on the first forward they also note the execution order for
 the ForwardTrace. Every other forward runs PyTorch's hook-free module fast path.
 
-The hooks only keep a reference to each output (and its `_version`); all outputs of the forward are
-reduced together when it ends (`disarm`, from the model's forward hook): one batched reduction
-(stats.MomentReducer) instead of a dozen small kernels per module. An output changed in place after
+On CPU (reading is free) each output is measured at its hook, through numpy views, while it is still
+in cache. On an accelerator the hooks only keep a reference to each output (and its `_version`); all
+outputs of the forward are reduced together when it ends (`disarm`, from the model's forward hook):
+one batched reduction (stats.MomentReducer) instead of a dozen small kernels per module. An output changed in place after
 its hook (a Linear followed by ReLU(inplace=True)) would be measured after the change, so a module is
 batched only once a forward has shown its output unchanged at the end: on the first recorded forward
 every output is measured at its hook (and checked), and a module whose output changes later stays on
@@ -19,6 +20,7 @@ from typing import Any, Callable
 
 from torch import Tensor, nn
 
+from trainscope.probe import host
 from trainscope.probe import stats as st
 from trainscope.probe.buffer import RunBuffer
 from trainscope.probe.guard import HookGuard
@@ -69,11 +71,11 @@ class ActivationHooks:
         out = first_tensor(output)
         if out is None or not out.is_floating_point():
             return
-        now = name not in self._batched or out.numel() == 0
+        now = name not in self._batched or out.numel() == 0 or host.free(out)  # CPU: at once, still in cache
         if now:
             raw, numel, units = st.raw_activation(out, typ, self.reducer)
             self.buffer.layer(step, name, "activation", typ, raw, (numel, units))
-        if name not in self._immediate and out.numel() > 0:  # kept to the forward's end: reduced there, or checked for a change
+        if name not in self._immediate and out.numel() > 0 and not host.free(out):  # kept to the forward's end: reduced there, or checked for a change
             self._pending.append((step, name, typ, out, out._version, now))
             self._pending_bytes += out.numel() * out.element_size()
             if self._pending_bytes > self.reducer.budget:
