@@ -84,7 +84,7 @@ class _Snapshot:
     layers: list[tuple[str, str, int, int]]  # (layer, module type, its parameter count, its element count)
     params: list[Tensor]  # the parameters that had a gradient, layer by layer
     index: list[Tensor | None]  # each one's sample (None: all of it)
-    before: Tensor | None  # their values, concatenated (None: the per-tensor path below)
+    before: np.ndarray | Tensor | None  # their values, concatenated (None: the per-tensor path below)
     per_tensor: list[tuple[Tensor, Tensor | None]] | None  # complex or sparse weights: per tensor
     lengths: tuple[int, ...]  # values per parameter in `before`
     scales: tuple[float, ...]  # numel / sampled values per parameter
