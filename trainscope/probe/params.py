@@ -15,6 +15,7 @@ on the rank's local shard, on the per-layer path, and merged across ranks at loa
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,6 +107,7 @@ class ParamStats(Collector):
         self.has_optimizer = has_optimizer
         # weights before a recorded step (whole, or the sampled elements), for the update ratio
         self._snapshots: _Snapshot | None = None
+        self._snap_plans: dict[tuple[int, ...], _Snapshot] = {}  # per set of parameters with a gradient
         param_bytes = sum(p.numel() * p.element_size() for p in {id(p): p for _, _, _, ps in layers for p in ps}.values())
         self.reducer = st.MomentReducer(st.scratch_bytes(param_bytes))  # recorded steps' batched statistics
         n_refs = sum(len(ps) for _, _, _, ps in layers)
@@ -358,15 +360,26 @@ class ParamStats(Collector):
 
     def _take_snapshot(self, layers: list[LayerGrads]) -> _Snapshot:
         """The values before the step: one new tensor holding each parameter whole (small) or at its sample."""
-        ps = [p for _, _, lps, _ in layers for p in lps]
-        values = self._values(ps)
-        named = [(name, typ, len(lps), sum(v.numel() for v in self._values(lps))) for name, typ, lps, _ in layers]
-        if any(v.is_complex() or v.layout != torch.strided for v in values):  # the per-tensor path
-            return _Snapshot(named, ps, [], None, self._snapshot(ps), (), ())
-        index = [self._sample(p) for p in ps]
-        lengths = tuple(v.numel() if i is None else i.numel() for v, i in zip(values, index))
-        scales = tuple(v.numel() / n for v, n in zip(values, lengths))
-        return _Snapshot(named, ps, index, st.snapshot_values(values, index), None, lengths, scales)
+        key = tuple(id(p) for _, _, lps, _ in layers for p in lps)
+        plan = self._snap_plans.get(key)  # the same layers have a gradient at (almost) every step
+        if plan is None:
+            ps = [p for _, _, lps, _ in layers for p in lps]
+            values = self._values(ps)
+            named = [(name, typ, len(lps), sum(v.numel() for v in self._values(lps))) for name, typ, lps, _ in layers]
+            if any(v.is_complex() or v.layout != torch.strided for v in values):  # the per-tensor path
+                plan = _Snapshot(named, ps, [], None, [], (), ())
+            else:
+                index = [self._sample(p) for p in ps]
+                lengths = tuple(v.numel() if i is None else i.numel() for v, i in zip(values, index))
+                plan = _Snapshot(named, ps, index, None, None, lengths,
+                                 tuple(v.numel() / n for v, n in zip(values, lengths)))
+            if len(self._snap_plans) >= 8:
+                self._snap_plans.clear()
+            self._snap_plans[key] = plan
+        values = self._values(plan.params)
+        if plan.per_tensor is not None:
+            return dataclasses.replace(plan, per_tensor=self._snapshot(plan.params))
+        return dataclasses.replace(plan, before=st.snapshot_values(values, plan.index))
 
     def _record_updates(self, step: int, snap: _Snapshot) -> None:
         """Each layer's update sums: the parameters now against their values before the step, in one batch."""

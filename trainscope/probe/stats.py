@@ -335,11 +335,20 @@ class MomentReducer:
         """sum (after-before)^2 and sum before^2 (times its scale) of each of the concatenated segments
         (snapshot_values before and after the step)."""
         if isinstance(before, np.ndarray) or host.free(before):
+            at_scale = self._small.get(("host", lengths, scales))
+            if at_scale is None:
+                at_scale = self._small[("host", lengths, scales)] = (np.cumsum((0,) + lengths[:-1]),
+                                                                     np.asarray(scales)[:, None])
             b = np.asarray(before, dtype=np.float64)
-            d = np.asarray(after, dtype=np.float64) - b
-            at = np.cumsum((0,) + lengths[:-1])
-            out = np.stack([np.add.reduceat(d * d, at), np.add.reduceat(b * b, at)], axis=1)
-            return out * np.asarray(scales)[:, None]
+            d = np.asarray(after, dtype=np.float64)
+            d -= b
+            d *= d
+            b *= b
+            out = np.empty((len(lengths), 2))
+            out[:, 0] = np.add.reduceat(d, at_scale[0])
+            out[:, 1] = np.add.reduceat(b, at_scale[0])
+            out *= at_scale[1]
+            return out
         d = (after - before).float()
         b = before.float()
         sums = torch.segment_reduce(torch.stack([d * d, b * b], dim=1), "sum",
