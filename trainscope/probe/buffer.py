@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from trainscope.probe import host
 from trainscope.probe import stats as st
 from trainscope.probe.guard import HookGuard
 from trainscope.probe.util import jsonable
@@ -113,8 +114,11 @@ class RunBuffer:
         good: dict[str, Any] = {}
         for key, v in values.items():
             if type(v) is Tensor and v.ndim == 0 and v.layout == _STRIDED and not v.is_complex() and not v.is_meta:
-                # the usual case (a loss), check_value's first one inlined: this runs at every logged step
-                good[key if type(key) is str else str(key)] = v.detach() if v.requires_grad else v
+                # The usual case (a loss), check_value's first one inlined: this runs at every logged step.
+                # On CPU reading it is free (host.py): a float keeps no tensor (nor its graph) alive, and a
+                # row of plain numbers is one the garbage collector stops tracking.
+                good[key if type(key) is str else str(key)] = (float(v.item()) if v.is_cpu and host.FREE_ON_CPU
+                                                               else v.detach() if v.requires_grad else v)
                 continue
             if v is None:
                 continue

@@ -103,6 +103,7 @@ class StepClock:
         # The current step is quiet and nothing outside the clock needs it (the probe's `quiet_ok`): the
         # hooks take their shortest path. Decided at the end of the step before; a capture can undo it.
         self.quiet = False
+        self.ended_quiet = False  # the step that just ended (in after_step) was quiet
         self.quiet_ok: Callable[[], bool] = lambda: False
         self.norm_due: Callable[[int], bool] = lambda s: True  # the gradient norms are taken at step s
         self.after_step: Callable[[], None] = lambda: None  # e.g. flush the buffer when due
@@ -359,5 +360,5 @@ class StepClock:
         for c in (self._collectors if self.full() else self._quiet["on_step_end"]):
             c.on_step_end(s)
         self.step = s + 1
-        self.quiet = self._is_quiet(s + 1)
+        self.ended_quiet, self.quiet = self.quiet, self._is_quiet(s + 1)
         self.after_step()

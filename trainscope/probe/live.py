@@ -120,6 +120,10 @@ class LiveFindings:
                 continue
         self._check_pending()
 
+    def waiting(self) -> bool:
+        """Device values wait for their copy."""
+        return bool(self._pending)
+
     def after_step(self) -> None:
         """After each optimizer step (and each step the clock counts)."""
         step = self.clock.step - 1

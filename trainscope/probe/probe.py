@@ -158,6 +158,7 @@ class Probe:
         self.live = LiveFindings(self.buffer, self.clock, on_finding=on_finding, stop=self._stop, loop=self.loop,
                                  run_dir=str(self.run_dir))
         self.loss_fallback = ModelLoss(self.buffer, self.clock)
+        self._settled = False  # see _quiet_ok
         self.clock.quiet_ok = self._quiet_ok
         self._install()
         self._write_meta()
@@ -292,7 +293,8 @@ class Probe:
     def _after_step(self) -> None:
         if self.anomaly.waiting():
             self.anomaly.poll()
-        self.live.after_step()
+        if not self.clock.ended_quiet or self.live.waiting():
+            self.live.after_step()  # a quiet step adds no event, scalar or flush for it to look at
         if self.buffer.due() or self.live.wants_flush():
             self._resolve_rank(final=True)
             self.buffer.flush(background=True)  # the training thread only hands over host rows
@@ -316,8 +318,10 @@ class Probe:
     # ------------------------------------------------------------------ the watched model's forward
     def _quiet_ok(self) -> bool:
         """What a quiet step (clock.py) needs outside the clock: the first forward traced, the rank and the
-        data fingerprint known, no loss hook left armed."""
-        return self.trace.done and self._rank_known and self.tracking.done and self.criterion_watch.idle()
+        data fingerprint known (once true, true for good), no loss hook left armed."""
+        if not self._settled:
+            self._settled = self.trace.done and self._rank_known and self.tracking.done
+        return self._settled and self.criterion_watch.idle()
 
     def _on_forward_pre(self, module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
         clock = self.clock

@@ -138,6 +138,10 @@ class Timing(Collector):
                 self.events["opt"] = self._event()
 
     def on_step_end(self, step: int) -> None:
+        nxt = step + 1
+        if not self.host and nxt >= self.dense_steps and nxt % self.every:
+            self._in_step = False  # untimed, and so is the next step: no data wait to start
+            return
         now = time.perf_counter()
         ev = self._event() if self.cuda and (self.host or self.timed(step + 1)) else None
         if self.host:
