@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 
 from trainscope.report.synthetic import synthetic_run
-from trainscope.rules.detectors._common import compute_grad_norms, compute_mask, is_compute, kind_rows, layer_rows, pivot
+from trainscope.rules.detectors._common import (compute_grad_norms, compute_mask, compute_rows, is_compute, kind_mask,
+                                                kind_rows, layer_rows, pivot, types_where)
 from trainscope.rules.registry import NotApplicable
 from trainscope.store.reader import _sorted_by_step_rank
 
@@ -66,6 +67,10 @@ def test_layer_rows_of_one_rank_and_of_several() -> None:
     g = run.layers[run.layers["kind"] == "grad"]
     pd.testing.assert_frame_equal(kind_rows(run, "grad"), g)
     pd.testing.assert_frame_equal(layer_rows(run, "grad"), g[g["rank"] == 0])
+    pd.testing.assert_frame_equal(run.layers[kind_mask(run, "grad")], g[g["rank"] == 0])
+    assert compute_rows(run).tolist() == compute_mask(run.layers["module_type"]).tolist()
+    relu = types_where(run, lambda t: t == "ReLU", na=False)
+    assert relu.tolist() == (run.layers["module_type"] == "ReLU").fillna(False).tolist()
     norms = compute_grad_norms(run)
     assert compute_grad_norms(run) is norms and norms.shape[1] >= 2
 

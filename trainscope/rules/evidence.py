@@ -133,14 +133,14 @@ def rise_after_progress(run: Run, factor: float = EARLY_RISE, keep: float = 0.5)
 def update_ratio_per_step(run: Run) -> pd.Series:
     """Median update ratio ||dW||/||W|| across compute layers at each recorded step (all steps,
     warmup included); empty without update statistics."""
-    from trainscope.rules.detectors._common import compute_mask, layer_rows
+    from trainscope.rules.detectors._common import compute_rows, kind_mask
     from trainscope.rules.registry import NotApplicable
 
     try:
-        u = layer_rows(run, "update")
+        rows = kind_mask(run, "update")
     except NotApplicable:  # no layer statistics, or no update rows
         return pd.Series(dtype=float)
-    u = u.loc[compute_mask(u["module_type"]), ["step", "ratio"]]
+    u = run.layers.loc[rows & compute_rows(run), ["step", "ratio"]]
     if u.empty:
         return pd.Series(dtype=float)
     r = u["ratio"].replace([np.inf, -np.inf], np.nan)

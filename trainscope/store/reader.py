@@ -197,8 +197,8 @@ def _read_chunk(path: Path, entry: dict[str, Any] | None, table: str, attempt: i
     try:
         # string columns decoded as dictionaries (a few distinct layer names over millions of rows):
         # faster to read and to sort, and turned into strings once per table
-        strings = [fl.name for fl in pq.read_schema(pa.BufferReader(data))
-                   if cols.get(fl.name) == "string" and (pa.types.is_string(fl.type) or pa.types.is_large_string(fl.type))]
+        strings = [fl.name for fl in pq.read_schema(pa.BufferReader(data)) if cols.get(fl.name) == "string"
+                   and (pa.types.is_string(fl.type) or pa.types.is_large_string(fl.type))]
         tbl = pq.read_table(pa.BufferReader(data), read_dictionary=strings)
     except Exception as e:  # noqa: BLE001 - pyarrow raises many types for a damaged file
         raise TrainscopeError(f"{path}: corrupt or truncated chunk ({type(e).__name__}: {e})") from None

@@ -53,28 +53,55 @@ def compute_mask(module_types: pd.Series) -> pd.Series:
 def layer_rows(run: Run, kind: str) -> pd.DataFrame:
     """Rows of one kind (grad/activation/weight/update) on rank 0, or NotApplicable.
 
-    Selected once per run and kind (several rules ask; on a 10M-row run each selection costs
-    seconds); the detectors only read the frame they get."""
+    Selected once per run and kind (several rules ask; on a 10M-row run each selection costs a
+    second); the detectors only read the frame they get. A rule that reads a few columns masks
+    them with `kind_mask` instead: cheaper than copying all columns of millions of rows."""
+    mask = kind_mask(run, kind)
+    if np.array_equal(mask, all_ranks_mask(run, kind)):  # every row of the kind is rank 0: the same frame
+        return kind_rows(run, kind)
+    return _cached(run, ("rank0", kind), lambda: run.layers[mask])
+
+
+def kind_mask(run: Run, kind: str) -> np.ndarray:
+    """`layer_rows(run, kind)` as a boolean mask over `run.layers` (NotApplicable the same way):
+    the kind's rows, only rank 0's where rank 0 has some."""
     if run.layers.empty:
         raise NotApplicable("no layer statistics")
 
-    def select() -> pd.DataFrame:
-        sel = kind_rows(run, kind)
-        if "rank" in sel:
-            rank0 = sel["rank"] == 0
-            if rank0.any() and not rank0.all():  # all rank 0 (one process): the same rows, no copy
-                sel = sel[rank0]
-        return sel
+    def make() -> np.ndarray:
+        mask = all_ranks_mask(run, kind)
+        if "rank" in run.layers:
+            rank0 = mask & (run.layers["rank"] == 0).to_numpy()
+            if rank0.any():
+                mask = rank0
+        return mask
 
-    sel = _cached(run, ("rank0", kind), select)
-    if sel.empty:
+    mask = _cached(run, ("rank0 mask", kind), make)
+    if not mask.any():
         raise NotApplicable(f"no {kind} statistics recorded")
-    return sel
+    return mask
+
+
+def all_ranks_mask(run: Run, kind: str) -> np.ndarray:
+    """Mask of the kind's rows, every rank (a missing kind, NA, is no kind, as in pandas' masks)."""
+    return _cached(run, ("mask", kind), lambda: (run.layers["kind"] == kind).to_numpy(dtype=bool, na_value=False))
 
 
 def kind_rows(run: Run, kind: str) -> pd.DataFrame:
     """`run.layers[run.layers["kind"] == kind]` (every rank), selected once per run and kind."""
-    return _cached(run, ("all", kind), lambda: run.layers[run.layers["kind"] == kind])
+    return _cached(run, ("all", kind), lambda: run.layers[all_ranks_mask(run, kind)])
+
+
+def types_where(run: Run, keep: Any, na: bool) -> np.ndarray:
+    """`keep(module_type)` for every row of `run.layers` (`na` where the type is missing), decided
+    once per distinct type; the types are factorized once per run."""
+    codes, types = _cached(run, ("types",), lambda: pd.factorize(run.layers["module_type"]))
+    return np.array([bool(keep(t)) for t in types] + [na], dtype=bool)[codes]  # code -1 (NA): last
+
+
+def compute_rows(run: Run) -> np.ndarray:
+    """`compute_mask(run.layers["module_type"])` as a numpy mask, computed once per run."""
+    return _cached(run, ("compute",), lambda: types_where(run, is_compute, na=is_compute(pd.NA)))
 
 
 def _cached(run: Run, key: tuple, make: Any) -> Any:
@@ -92,8 +119,8 @@ def compute_grad_norms(run: Run) -> pd.DataFrame:
     with no value dropped: the gradient-flow table of vanishing/exploding gradients and of the
     deep-stack rule (computed once)."""
     def make() -> pd.DataFrame:
-        g = layer_rows(run, "grad")
-        return pivot(g, "norm", rows=compute_mask(g["module_type"]) & (g["order"] >= 0)).dropna(axis=1, how="all")
+        rows = kind_mask(run, "grad") & compute_rows(run) & (run.layers["order"] >= 0).to_numpy()
+        return pivot(run.layers, "norm", rows=rows).dropna(axis=1, how="all")
 
     return _cached(run, ("compute_grad_norms",), make)
 
@@ -105,15 +132,16 @@ def pivot(df: pd.DataFrame, stat: str, rows: pd.Series | np.ndarray | None = Non
     (steps ascending, all-NaN rows and columns dropped), built with numpy: pivot_table's groupby
     was the slowest part of diagnosing a big run. `rows` (a boolean mask of df's rows) gives the
     table of `df[rows]` without copying the whole frame: only the four columns read are masked."""
-    layer, order, step, vals = (df["layer"], df["order"], df["step"].to_numpy(),
-                                df[stat].to_numpy(dtype=np.float64, na_value=np.nan))
+    layer, order, step, vals = df["layer"], df["order"], df["step"], df[stat]
     if rows is not None:
         rows = np.asarray(rows, dtype=bool)
         layer, order, step, vals = layer[rows], order[rows], step[rows], vals[rows]
+    step, vals = step.to_numpy(), vals.to_numpy(dtype=np.float64, na_value=np.nan)
     li, layers = pd.factorize(layer, sort=False)
     # forward order: each layer's smallest `order`, ties by name (groupby's sorted keys, then a stable sort)
-    first = np.full(len(layers), np.iinfo(np.int64).max)
-    np.minimum.at(first, li[li >= 0], order.to_numpy()[li >= 0])
+    o = order.to_numpy()
+    first = np.full(len(layers), o.max() if len(o) else 0, dtype=o.dtype)  # same dtype: minimum.at's fast path
+    np.minimum.at(first, li[li >= 0], o[li >= 0])
     names = np.asarray(layers, dtype=object)
     forward = sorted(range(len(layers)), key=lambda i: (first[i], names[i]))
     if len(step) and bool(np.all(step[1:] >= step[:-1])):  # the reader's (step, rank) order: no sort needed

@@ -6,7 +6,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from trainscope.rules.detectors._common import detail, events, fmt, layer_name, layer_rows, pivot
+from trainscope.rules.detectors._common import detail, events, fmt, kind_mask, layer_name, pivot, types_where
 from trainscope.rules.finding import Finding
 from trainscope.rules.registry import Context, NotApplicable, detector
 
@@ -26,12 +26,13 @@ def _recent(table: pd.DataFrame, min_steps: int) -> pd.DataFrame:
 
 @detector("saturated-activations")
 def saturated_activations(ctx: Context) -> Iterator[Finding]:
-    acts = layer_rows(ctx.run, "activation")
-    sat = acts[acts["module_type"].isin(SATURATING)]
+    acts = kind_mask(ctx.run, "activation")  # masks over run.layers, not a copy of its rows
+    sat = ctx.run.layers[acts & types_where(ctx.run, lambda t: t in SATURATING, na=False)]
     if sat.empty:
         raise NotApplicable("no sigmoid/tanh modules recorded")
     # The model's own output (e.g. sigmoid before BCELoss) is allowed to be confident.
-    last_layer = acts.loc[acts["order"].idxmax(), "layer"] if (acts["order"] >= 0).any() else None
+    order = ctx.run.layers["order"][acts]
+    last_layer = ctx.run.layers.loc[order.idxmax(), "layer"] if (order >= 0).any() else None
     sat = sat[sat["layer"] != last_layer]
     if sat.empty:
         return
@@ -65,11 +66,11 @@ def saturated_activations(ctx: Context) -> Iterator[Finding]:
 
 @detector("collapsed-activations")
 def collapsed_activations(ctx: Context) -> Iterator[Finding]:
-    acts = layer_rows(ctx.run, "activation")
-    keep = ~acts["module_type"].str.startswith(SKIP_COLLAPSE)
+    keep = kind_mask(ctx.run, "activation") & types_where(ctx.run, lambda t: not t.startswith(SKIP_COLLAPSE),
+                                                           na=False)
     if not keep.any():
         raise NotApplicable("no activations recorded")
-    std = pivot(acts, "std", rows=keep)
+    std = pivot(ctx.run.layers, "std", rows=keep)
     min_steps = int(ctx.p("min_steps"))
     if len(std) < min_steps:
         raise NotApplicable(f"only {len(std)} recorded steps with activations")

@@ -18,10 +18,11 @@ from trainscope.rules.detectors._common import (
     detail,
     events,
     fmt,
+    all_ranks_mask,
     compute_grad_norms,
-    kind_rows,
+    kind_mask,
+    types_where,
     layer_name,
-    layer_rows,
     pivot,
     sig1,
     step_span,
@@ -237,10 +238,7 @@ def _output_relu_dead(ctx: Context) -> Finding | None:
     od = detail(out.iloc[0])
     if not str(od.get("producer") or "").startswith(("Relu", "Threshold")) or od.get("min") != 0 or od.get("max") != 0:
         return None
-    g = layer_rows(ctx.run, "grad")
-    if g.empty:
-        return None
-    per_step = _all_zero_steps(g)
+    per_step = _all_zero_steps(ctx.run.layers.loc[kind_mask(ctx.run, "grad"), ["step", "norm"]])
     frac = float(per_step.mean())
     if len(per_step) < int(ctx.p("min_steps")) or frac < float(ctx.p("sustain")) or not bool(per_step.iloc[-1]):
         return None
@@ -271,11 +269,10 @@ def dead_relu(ctx: Context) -> Iterator[Finding]:
     if dead_out is not None:
         yield dead_out
         return
-    a = layer_rows(ctx.run, "activation")
-    relu = a["module_type"].isin(DYING_RELU)
+    relu = kind_mask(ctx.run, "activation") & types_where(ctx.run, lambda t: t in DYING_RELU, na=False)
     if not relu.any():
         raise NotApplicable("no ReLU modules recorded")
-    dead = pivot(a, "frac_dead", rows=relu)
+    dead = pivot(ctx.run.layers, "frac_dead", rows=relu)
     steps = dead.index.to_numpy()
     # judge the later half of the run: units that died and stayed dead, not a bad first batch
     recent = dead[dead.index >= steps[len(steps) // 2]] if len(steps) > 1 else dead
@@ -405,7 +402,8 @@ SEQUENCE_TYPES = ("LSTM", "GRU", "RNN", "MultiheadAttention", "TransformerEncode
 def zero_gradients(ctx: Context) -> Iterator[Finding]:
     """Every gradient exactly zero: degenerate data is evidence, not missing data (principle 3)."""
     status = [detail(r) for _, r in events(ctx.run, "parameter_status").iterrows()]
-    g = kind_rows(ctx.run, "grad") if not ctx.run.layers.empty else ctx.run.layers
+    g = ctx.run.layers
+    g = g.loc[all_ranks_mask(ctx.run, "grad"), ["step", "norm"]] if not g.empty else g
     gn = ctx.run.scalar(schema.GRAD_NORM)
     gn = gn[np.isfinite(gn)]
     steps: tuple[int, int] | None = None

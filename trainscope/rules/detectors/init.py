@@ -26,8 +26,8 @@ import pandas as pd
 
 import dataclasses
 
-from trainscope.rules.detectors._common import (compute_mask, fmt, kind_rows, layer_name, layer_rows,
-                                                 modules, pivot, train_loss)
+from trainscope.rules.detectors._common import (all_ranks_mask, compute_rows, fmt, kind_mask, layer_name, modules,
+                                                 pivot, train_loss, types_where)
 from trainscope.families import QUARTER_SLOPE, RELU_FAMILY, SATURATING
 from trainscope.rules.finding import Finding, Severity
 from trainscope.rules.signals import finite
@@ -121,10 +121,11 @@ def poor_initialization(ctx: Context) -> Iterator[Finding]:
 def _nonlin_stds(ctx: Context, layers: list[str]) -> list[tuple[str, float]]:
     """Output std, at the first recorded step, of the nonlinearity following each chain layer."""
     try:
-        a = layer_rows(ctx.run, "activation")
+        rows = kind_mask(ctx.run, "activation")
     except NotApplicable:  # no layer statistics, or no activation rows
         return []
-    a = a[a["step"] == a["step"].min()].sort_values("order")
+    step = ctx.run.layers["step"].to_numpy()
+    a = ctx.run.layers[rows & (step == step[rows].min())].sort_values("order")  # the first recorded step
     nonlin = a[a["module_type"].astype(str).str.lower().isin(RELU_FAMILY | SATURATING | {"leakyrelu", "relu6"})]
     order = {str(r.layer): int(r.order) for r in ctx.run.init.itertuples()}
     out = []
@@ -160,8 +161,7 @@ def _harm(ctx: Context, f: Finding) -> list[str]:
     # gradients: first/last compute-layer norm ratio (median over recorded steps)
     g = ctx.run.layers
     if not g.empty:
-        g = kind_rows(ctx.run, "grad")
-        flow = compute_mask(g["module_type"]) & (g["order"] >= 0)
+        flow = all_ranks_mask(ctx.run, "grad") & compute_rows(ctx.run) & (g["order"] >= 0).to_numpy()  # every rank
         if flow.any():
             norms = pivot(g, "norm", rows=flow).dropna(axis=1, how="all")
             if norms.shape[1] >= 3:
@@ -172,8 +172,8 @@ def _harm(ctx: Context, f: Finding) -> list[str]:
                         out.append(f"first/last layer gradient ratio {fmt(med)} < {fmt(ctx.p('grad_ratio_min'))}")
                     elif med > float(ctx.p("grad_ratio_max")):
                         out.append(f"first/last layer gradient ratio {fmt(med)} > {fmt(ctx.p('grad_ratio_max'))}")
-            sat = kind_rows(ctx.run, "activation")
-            sat = sat[sat["module_type"].isin(("Sigmoid", "Tanh"))]
+            sigmoid_like = types_where(ctx.run, lambda t: t in ("Sigmoid", "Tanh"), na=False)
+            sat = g[all_ranks_mask(ctx.run, "activation") & sigmoid_like]
             if len(sat) and float(sat.groupby("layer")["frac_saturated"].median().max()) >= 0.5:
                 out.append("sigmoid/tanh outputs saturated (>= 50% at the extremes)")
     # the loss stalled from the start: counts only where the forward signal measurably changed

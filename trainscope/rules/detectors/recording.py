@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from trainscope.rules.detectors._common import events, layer_rows
+from trainscope.rules.detectors._common import events, kind_mask
 from trainscope.rules.finding import Finding
 from trainscope.rules.registry import Context, NotApplicable, detector
 from trainscope.rules.signals import TRAIN_LOSS_NAMES, first_series
@@ -17,7 +17,7 @@ from trainscope.store import schema
 
 def _has(run, kind: str) -> bool:
     try:
-        layer_rows(run, kind)
+        kind_mask(run, kind)
     except NotApplicable:
         return False
     return True

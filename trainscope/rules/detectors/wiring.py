@@ -18,7 +18,7 @@ from typing import Any, Iterator
 import numpy as np
 import pandas as pd
 
-from trainscope.rules.detectors._common import detail, events, fmt, kind_rows, step_span, train_loss
+from trainscope.rules.detectors._common import all_ranks_mask, detail, events, fmt, step_span, train_loss
 from trainscope.rules.detectors.loop import REGRESSION, _criterion_inputs, _criterion_name, canonical_criterion
 from trainscope.rules.finding import Finding
 from trainscope.rules.registry import Context, NotApplicable, detector
@@ -94,7 +94,7 @@ def parameters_not_updated(ctx: Context) -> Iterator[Finding]:
     # a weight whose gradient is ~1e-11 (a collapsed signal) does not change in float32 either: that
     # is vanishing-gradients' finding, not a wiring bug
     if unchanged and not ctx.run.layers.empty:
-        g = kind_rows(ctx.run, "grad")
+        g = ctx.run.layers.loc[all_ranks_mask(ctx.run, "grad"), ["layer", "norm"]]
         tiny = set(g.groupby("layer")["norm"].median().loc[lambda x: x < 1e-6].index.astype(str))
         unchanged = [p for p in unchanged if p.rsplit(".", 1)[0] not in tiny]
     try:
