@@ -121,6 +121,34 @@ def test_anomaly_capture_records_the_spike_step(tmp_path):
     assert run.layers[(run.layers.step == 777) & (run.layers.kind == "grad")].norm.min() > 0
 
 
+def test_anomaly_capture_records_the_spike_step_at_the_cpu_defaults(tmp_path):
+    """The same spike with CPU defaults (global norm every 10th step): the sentinel's gradient norm stands
+    in on the other steps, so step 777 itself is still recorded in full, and nothing else triggers."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.02)
+    g = torch.Generator().manual_seed(2)
+    xs = torch.randn(1000, 16, 4, generator=g)
+    ys = xs[..., :1] * 0.5 - xs[..., 1:2]
+    with trainscope.watch(model, tmp_path / "r", optimizer=opt, every=100, on_finding="ignore") as probe:
+        assert probe.params.grad_norm_every == 10
+        for step in range(1000):
+            opt.zero_grad()
+            loss = nn.functional.mse_loss(model(xs[step]), ys[step])
+            if step == 777:
+                loss = loss * 100
+            loss.backward()
+            opt.step()
+            probe.log(train_loss=loss)
+    run = trainscope.load_run(tmp_path / "r")
+    caps = {(s, d["trigger"], d["metric"]): d for s, d in _events(run, "anomaly_capture")}
+    assert set(caps) == {(777, "grad_norm", "sentinel_grad_norm"), (777, "loss", "train_loss")}, caps
+    assert caps[777, "grad_norm", "sentinel_grad_norm"]["steps"] == [777, 778, 779]
+    kinds = {int(s): set(k) for s, k in run.layers.groupby("step").kind}
+    assert kinds[777] >= {"grad", "weight", "update", "grad_norm"}
+    assert 776 not in kinds and kinds[770] == {"grad_norm"}  # cheap steps: norms every 10th
+
+
 def test_anomaly_capture_nan_loss_and_budget(tmp_path):
     """A NaN loss triggers once (then the run stays NaN: no capture per step), and a loss logged before
     optimizer.step() is captured at its own step."""

@@ -106,6 +106,8 @@ class StepClock:
         self.ended_quiet = False  # the step that just ended (in after_step) was quiet
         self.quiet_ok: Callable[[], bool] = lambda: False
         self.norm_due: Callable[[int], bool] = lambda s: True  # the gradient norms are taken at step s
+        # (step, the sentinel's gradient) at each backward of a step without the global norm (anomaly.py)
+        self.sentinel_watch: Callable[[int, Tensor], None] | None = None
         self.after_step: Callable[[], None] = lambda: None  # e.g. flush the buffer when due
         self.handles: list[Any] = []
         self.manual = False  # probe.step() marks the steps (no optimizer known)
@@ -258,6 +260,8 @@ class StepClock:
         return s < self.every and (s & (s - 1)) == 0
 
     def _on_sentinel_grad(self, grad: Tensor) -> None:
+        if self.sentinel_watch is not None and not self.norm_due(self.step):
+            self.sentinel_watch(self.step, grad)  # the anomaly capture's stand-in for the global norm
         if self.quiet:  # with an optimizer, and no closure: only what every backward must say
             for c in self._quiet["on_backward"]:
                 c.on_backward()
