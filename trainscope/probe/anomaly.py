@@ -5,7 +5,7 @@ So the probe watches two host values it already has or can get without a host sy
   - the global gradient norm of each step (on CPU read from the step's norm vector at once; on CUDA a
     non-blocking copy to pinned memory, read once its event has completed: usually one step later); on
     CPU steps where it is not computed (grad_norm_every > 1, the CPU default), the norm of the sentinel
-    parameter's gradient (a few hundred numbers, read at the backward) in its own series
+    parameter's gradient (a few hundred numbers, read in the optimizer pre-hook) in its own series
     (`sentinel_grad_norm`),
   - the training loss given to `probe.log` (any metric with "loss" in its name that is not a
     validation/eval/test one; CPU values read at once, CUDA ones like the gradient norm).
@@ -103,15 +103,15 @@ class AnomalyCapture:
 
     def on_sentinel_grad(self, step: int, grad: Tensor) -> None:
         """A CPU step without the global gradient norm (grad_norm_every > 1): the norm of the sentinel's
-        gradient (the smallest parameter, usually the output layer's bias: a few hundred numbers), read at
-        the backward, stands in for it, in its own series. A loss spike scales every gradient, this one
+        gradient (the smallest parameter, usually the output layer's bias: a few hundred numbers), read in
+        the optimizer pre-hook, stands in for it, in its own series. A loss spike scales every gradient, this one
         too, so the step is still captured at itself, not one step late through the logged loss."""
         if self.captures >= MAX_CAPTURES or not host.free(grad):
             return
         series = self._sentinel_series
         if series is None:
             series = self._sentinel_series = self._series(SENTINEL_METRIC)
-        v = float(torch.linalg.vector_norm(grad.detach().float()))
+        v = float(torch.linalg.vector_norm(grad, dtype=torch.float32))  # one small reduction, read at once
         med = series.jump(v)
         if med is not None:
             self._trigger(series, "grad_norm", SENTINEL_METRIC, step, v, med, current=True)

@@ -106,7 +106,8 @@ class StepClock:
         self.ended_quiet = False  # the step that just ended (in after_step) was quiet
         self.quiet_ok: Callable[[], bool] = lambda: False
         self.norm_due: Callable[[int], bool] = lambda s: True  # the gradient norms are taken at step s
-        # (step, the sentinel's gradient) at each backward of a step without the global norm (anomaly.py)
+        # (step, the sentinel's gradient) in the optimizer pre-hook of a step without the global norm
+        # (anomaly.py); with an optimizer only
         self.sentinel_watch: Callable[[int, Tensor], None] | None = None
         self.after_step: Callable[[], None] = lambda: None  # e.g. flush the buffer when due
         self.handles: list[Any] = []
@@ -189,8 +190,12 @@ class StepClock:
 
     # -------------------------------------------------------------- optimizer hooks
     def _on_step_pre(self, optimizer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        if self.quiet and not self.norm_due(self.step) and len(args) < 2 and not kwargs:
-            self.begun = self.step  # a quiet step without norms: nothing to take
+        s = self.step
+        due = self.norm_due(s)
+        if not due and self.sentinel_watch is not None and self.sentinel is not None and self.sentinel.grad is not None:
+            self.sentinel_watch(s, self.sentinel.grad)  # the anomaly capture's stand-in for the global norm
+        if self.quiet and not due and len(args) < 2 and not kwargs:
+            self.begun = s  # a quiet step without norms: nothing to take
             return
         # the hook's args are step()'s own, self included: step(self, closure=None)
         closure = args[1] if len(args) > 1 else kwargs.get("closure")
@@ -260,8 +265,6 @@ class StepClock:
         return s < self.every and (s & (s - 1)) == 0
 
     def _on_sentinel_grad(self, grad: Tensor) -> None:
-        if self.sentinel_watch is not None and not self.norm_due(self.step):
-            self.sentinel_watch(self.step, grad)  # the anomaly capture's stand-in for the global norm
         if self.quiet:  # with an optimizer, and no closure: only what every backward must say
             for c in self._quiet["on_backward"]:
                 c.on_backward()
