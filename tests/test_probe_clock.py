@@ -109,6 +109,7 @@ def test_quiet_steps_keep_the_loop_facts_that_every_step_can_change(tmp_path):
                 model.train()
                 with torch.no_grad():  # a validation pass that forgot model.eval()
                     model(x)
+        recorded = [s for s in range(280) if probe.clock.recorded(s)]
     assert FULL_STEPS == 200 and SAMPLE_EVERY == 10
     assert sum(quiet[201:]) > 60 and not any(quiet[:199])  # quiet[s]: whether step s + 1 is quiet
     run = trainscope.load_run(tmp_path / "r")
@@ -118,8 +119,13 @@ def test_quiet_steps_keep_the_loop_facts_that_every_step_can_change(tmp_path):
     evals = [json.loads(r.detail) for r in ev[ev.kind == "eval_forward"].itertuples()]
     assert evals and evals[0]["training"] is True and evals[0]["step"] == 245
     backwards = run.scalar("loop/backwards")
-    full = sorted(set(range(200, 280, 10)) | {256})  # 256: a recorded step (powers of 2 below `every`)
-    assert list(backwards.loc[200:].index) == full and set(backwards) == {1.0}
+    # full: every 10th, 256 (powers of 2 below `every` are recorded), and the steps an anomaly capture forced
+    # (the never-reset gradients grow tenfold in a few steps)
+    assert {256, 272} <= set(recorded) and 233 not in recorded
+    # (a capture decided inside its own step records that step's statistics; its loop facts were not counted)
+    have = set(backwards.loc[200:].index)
+    assert set(range(200, 280, 10)) | {256} <= have <= set(range(200, 280, 10)) | set(recorded)
+    assert set(backwards) == {1.0}
     reset = run.scalar("loop/grad_reset")
     assert reset.loc[260] == 1.0 and reset.loc[270] == 0.0  # stale .grad seen on the full step after 265
     assert run.scalar("loop/training").loc[230:240].tolist() == [1.0, 1.0]

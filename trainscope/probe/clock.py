@@ -253,9 +253,9 @@ class StepClock:
         """Record these steps in full (an anomaly capture); the current one too if it has not begun."""
         self.forced.update(steps)
         if self.step in steps:
+            # its statistics are taken in full (the hooks leave the quiet path); whether it is a full step
+            # for the loop facts was decided at its start and stays so (its backwards were not counted)
             self.quiet = False
-            if self._full_step == self.step:
-                self._full = True
 
     def recorded(self, s: int) -> bool:
         """Per-layer statistics on steps 0, 1, 2, 4, 8, ... below `every`, then every `every` steps, and on
