@@ -241,8 +241,10 @@ def _to_frame(tables: list[pa.Table], cols: dict[str, str]) -> pd.DataFrame:
     """One DataFrame of the chunks in (step, rank) order (a stable sort; chunks are written in step
     order, their rows often are not), with the schema's dtypes.
 
-    Built for 10M rows, where touching memory is what costs: each column is converted once, numbers
-    written straight into their sorted place, and the column's Arrow buffers freed before the next."""
+    Built for 10M rows, where touching fresh memory is what costs (a page fault per page: seconds
+    per GB on some VMs): each column is converted once, numbers written straight into their sorted
+    place in memory from Arrow's pool, the column's Arrow buffers freed before the next, so that the
+    pool hands the same memory on; strings last, when most of the decoded buffers are free."""
 
     def column(c: str) -> pa.ChunkedArray:
         chunks = [ch for t in tables for ch in t.column(c).chunks]
@@ -260,14 +262,14 @@ def _to_frame(tables: list[pa.Table], cols: dict[str, str]) -> pd.DataFrame:
             where[order] = np.arange(n)
         del step, rank
     data: dict[str, Any] = {}
-    for c, dtype in cols.items():
+    for c, dtype in sorted(cols.items(), key=lambda cd: cd[1] == "string"):
         arr = column(c)
         if dtype == "string":
             if order is not None:
                 arr = arr.take(order)  # on a dictionary's codes, before the strings exist
             data[c] = pd.arrays.ArrowStringArray(arr.cast(pa.large_string()))
         else:  # a plain writable numpy array (a view of Arrow's buffer would be read-only)
-            out = np.empty(n, dtype=dtype)
+            out = np.frombuffer(pa.allocate_buffer(n * np.dtype(dtype).itemsize), dtype=dtype)  # np.empty
             pos = 0
             for ch in arr.chunks:
                 values = ch.to_numpy(zero_copy_only=False)  # NaN for a null float
@@ -276,7 +278,7 @@ def _to_frame(tables: list[pa.Table], cols: dict[str, str]) -> pd.DataFrame:
             data[c] = out
         del arr
         tables = [t.drop_columns([c]) for t in tables]  # frees the column's buffers
-    return pd.DataFrame(data, copy=False).astype(cols)
+    return pd.DataFrame({c: data[c] for c in cols}, copy=False).astype(cols)
 
 
 def _read_table(run_dir: Path, chunks: "_Chunks", table: str, attempt: int, skip_corrupt: bool,
