@@ -120,28 +120,38 @@ def compute_grad_norms(run: Run) -> pd.DataFrame:
     deep-stack rule (computed once)."""
     def make() -> pd.DataFrame:
         rows = kind_mask(run, "grad") & compute_rows(run) & (run.layers["order"] >= 0).to_numpy()
-        return pivot(run.layers, "norm", rows=rows).dropna(axis=1, how="all")
+        return pivot(run.layers, "norm", rows=rows, codes=layer_codes(run)).dropna(axis=1, how="all")
 
     return _cached(run, ("compute_grad_norms",), make)
 
 
-def pivot(df: pd.DataFrame, stat: str, rows: pd.Series | np.ndarray | None = None) -> pd.DataFrame:
+def layer_codes(run: Run) -> tuple[np.ndarray, Any]:
+    """`pd.factorize(run.layers["layer"])`, once per run (for `pivot`'s `codes`)."""
+    return _cached(run, ("layers",), lambda: pd.factorize(run.layers["layer"]))
+
+
+def pivot(df: pd.DataFrame, stat: str, rows: pd.Series | np.ndarray | None = None,
+          codes: tuple[np.ndarray, Any] | None = None) -> pd.DataFrame:
     """step x layer table of one statistic (the mean of duplicates), layers in forward order.
 
     The same table as `df.pivot_table(index="step", columns="layer", values=stat, aggfunc="mean")`
     (steps ascending, all-NaN rows and columns dropped), built with numpy: pivot_table's groupby
     was the slowest part of diagnosing a big run. `rows` (a boolean mask of df's rows) gives the
-    table of `df[rows]` without copying the whole frame: only the four columns read are masked."""
-    layer, order, step, vals = df["layer"], df["order"], df["step"], df[stat]
+    table of `df[rows]` without copying the whole frame: only the four columns read are masked.
+    `codes`: `pd.factorize(df["layer"])` when the caller has it (`layer_codes`): the layer names are
+    then neither masked nor factorized again (a layer without rows has no column either way)."""
+    order, step, vals = df["order"].to_numpy(), df["step"].to_numpy(), df[stat]
+    li, layers = codes if codes is not None else (None, None)
     if rows is not None:
         rows = np.asarray(rows, dtype=bool)
-        layer, order, step, vals = layer[rows], order[rows], step[rows], vals[rows]
-    step, vals = step.to_numpy(), vals.to_numpy(dtype=np.float64, na_value=np.nan)
-    li, layers = pd.factorize(layer, sort=False)
+        order, step, vals = order[rows], step[rows], vals[rows]
+        li = li[rows] if li is not None else None
+    vals = vals.to_numpy(dtype=np.float64, na_value=np.nan)
+    if li is None:
+        li, layers = pd.factorize(df["layer"][rows] if rows is not None else df["layer"], sort=False)
     # forward order: each layer's smallest `order`, ties by name (groupby's sorted keys, then a stable sort)
-    o = order.to_numpy()
-    first = np.full(len(layers), o.max() if len(o) else 0, dtype=o.dtype)  # same dtype: minimum.at's fast path
-    np.minimum.at(first, li[li >= 0], o[li >= 0])
+    first = np.full(len(layers), order.max() if len(order) else 0, dtype=order.dtype)  # minimum.at's fast path
+    np.minimum.at(first, li[li >= 0], order[li >= 0])
     names = np.asarray(layers, dtype=object)
     forward = sorted(range(len(layers)), key=lambda i: (first[i], names[i]))
     if len(step) and bool(np.all(step[1:] >= step[:-1])):  # the reader's (step, rank) order: no sort needed

@@ -6,7 +6,8 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from trainscope.rules.detectors._common import detail, events, fmt, kind_mask, layer_name, pivot, types_where
+from trainscope.rules.detectors._common import (detail, events, fmt, kind_mask, layer_codes, layer_name, pivot,
+                                                 types_where)
 from trainscope.rules.finding import Finding
 from trainscope.rules.registry import Context, NotApplicable, detector
 
@@ -70,7 +71,7 @@ def collapsed_activations(ctx: Context) -> Iterator[Finding]:
                                                            na=False)
     if not keep.any():
         raise NotApplicable("no activations recorded")
-    std = pivot(ctx.run.layers, "std", rows=keep)
+    std = pivot(ctx.run.layers, "std", rows=keep, codes=layer_codes(ctx.run))
     min_steps = int(ctx.p("min_steps"))
     if len(std) < min_steps:
         raise NotApplicable(f"only {len(std)} recorded steps with activations")

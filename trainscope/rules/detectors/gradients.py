@@ -21,6 +21,7 @@ from trainscope.rules.detectors._common import (
     all_ranks_mask,
     compute_grad_norms,
     kind_mask,
+    layer_codes,
     types_where,
     layer_name,
     pivot,
@@ -272,7 +273,7 @@ def dead_relu(ctx: Context) -> Iterator[Finding]:
     relu = kind_mask(ctx.run, "activation") & types_where(ctx.run, lambda t: t in DYING_RELU, na=False)
     if not relu.any():
         raise NotApplicable("no ReLU modules recorded")
-    dead = pivot(ctx.run.layers, "frac_dead", rows=relu)
+    dead = pivot(ctx.run.layers, "frac_dead", rows=relu, codes=layer_codes(ctx.run))
     steps = dead.index.to_numpy()
     # judge the later half of the run: units that died and stayed dead, not a bad first batch
     recent = dead[dead.index >= steps[len(steps) // 2]] if len(steps) > 1 else dead

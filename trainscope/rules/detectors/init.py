@@ -26,8 +26,8 @@ import pandas as pd
 
 import dataclasses
 
-from trainscope.rules.detectors._common import (all_ranks_mask, compute_rows, fmt, kind_mask, layer_name, modules,
-                                                 pivot, train_loss, types_where)
+from trainscope.rules.detectors._common import (all_ranks_mask, compute_rows, fmt, kind_mask, layer_codes, layer_name,
+                                                 modules, pivot, train_loss, types_where)
 from trainscope.families import QUARTER_SLOPE, RELU_FAMILY, SATURATING
 from trainscope.rules.finding import Finding, Severity
 from trainscope.rules.signals import finite
@@ -163,7 +163,7 @@ def _harm(ctx: Context, f: Finding) -> list[str]:
     if not g.empty:
         flow = all_ranks_mask(ctx.run, "grad") & compute_rows(ctx.run) & (g["order"] >= 0).to_numpy()  # every rank
         if flow.any():
-            norms = pivot(g, "norm", rows=flow).dropna(axis=1, how="all")
+            norms = pivot(g, "norm", rows=flow, codes=layer_codes(ctx.run)).dropna(axis=1, how="all")
             if norms.shape[1] >= 3:
                 r = (norms.iloc[:, 0] / norms.iloc[:, -1]).replace([np.inf, -np.inf], np.nan).dropna()
                 if len(r):

@@ -14,8 +14,8 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from trainscope.rules.detectors._common import (compute_rows, current_lr, fmt, kind_mask, layer_name, pivot, sig1,
-                                                 train_loss)
+from trainscope.rules.detectors._common import (compute_rows, current_lr, fmt, kind_mask, layer_codes, layer_name,
+                                                 pivot, sig1, train_loss)
 from trainscope.rules.evidence import (
     clip_facts,
     early_rise,
@@ -35,7 +35,7 @@ def _ratios(ctx: Context, min_steps: int | None = None) -> tuple[pd.Series, pd.D
     """Median update ratio across compute layers per recorded step, and the step x layer table,
     both restricted to the run's working LR."""
     rows = kind_mask(ctx.run, "update") & compute_rows(ctx.run)
-    table = pivot(ctx.run.layers, "ratio", rows=rows)
+    table = pivot(ctx.run.layers, "ratio", rows=rows, codes=layer_codes(ctx.run))
     # an exact 0 is a frozen layer (another problem); inf is a zero-initialized weight's first step
     table = table.where(table > 0).replace([np.inf, -np.inf], np.nan)
     per_step = table.median(axis=1, skipna=True).dropna()
