@@ -139,7 +139,8 @@ class CriterionWatch(Collector):
         self.described: dict[str, dict[str, Any]] = {}  # loss name -> its criterion_input detail
         self.handles: list[Any] = []  # hooks removed at close
         self._loss_modules: list[nn.Module] = [criterion] if isinstance(criterion, nn.Module) else []
-        self._step_hooks: list[Any] = []  # loss-module hooks armed for one step
+        self._step_hooks: list[Any] = []  # loss-module hooks, armed while the steps want them
+        self._own_step = -1  # the step whose loss-module call was looked at
         self._window: list[Any] = []  # global module hooks between the model output and the backward
         self._mode: _FunctionalLosses | None = None
         self._functional_seen = False
@@ -184,8 +185,10 @@ class CriterionWatch(Collector):
     def on_forward_begin(self, step: int) -> None:
         """A training forward of the watched model starts: close any open window, arm the loss modules."""
         self.close_window()
-        self._remove(self._step_hooks)
-        if step < TARGET_STEPS or self.clock.recorded(step):
+        if not (step < TARGET_STEPS or self.clock.recorded(step)):
+            self._remove(self._step_hooks)
+        elif len(self._step_hooks) != len(self._loss_modules):  # armed once, and again when a loss is found
+            self._remove(self._step_hooks)
             for m in self._loss_modules:
                 self._step_hooks.append(m.register_forward_hook(
                     self.guard.wrap("criterion", lambda mod, a, o: self._module_called(mod, a, o, own=True))))
@@ -266,8 +269,11 @@ class CriterionWatch(Collector):
     def _module_called(self, module: nn.Module, args: Any, output: Any, own: bool) -> None:
         if not torch.is_grad_enabled():
             return
-        if own:
-            self._remove(self._step_hooks)  # one call per step is enough; keep the loss on the fast path
+        if own:  # one call per step is enough (the hooks stay armed while steps want them: no re-registering)
+            step = self.clock.fwd_step
+            if self._own_step == step:
+                return
+            self._own_step = step
         x = first_tensor(args)
         target = args[1] if isinstance(args, tuple) and len(args) > 1 and isinstance(args[1], Tensor) else None
         self._seen(type(module).__name__, module, x, target, first_tensor(output))
