@@ -320,7 +320,7 @@ class ParamStats(Collector):
             idx = None
             if n > EXACT_UPDATE_NUMEL:
                 host = np.sort(self._rng.integers(0, n, SAMPLED_ELEMENTS))
-                idx = torch.as_tensor(host, dtype=torch.long).to(p.device)  # once per tensor
+                idx = st.to_device(torch.as_tensor(host, dtype=torch.long), p.device)  # once per tensor
             self._sample_index[key] = idx
         return self._sample_index[key]
 

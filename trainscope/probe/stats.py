@@ -55,6 +55,14 @@ SHIFT_RATIO = 16.0  # host path: plain sums while mean^2 <= SHIFT_RATIO * varian
 _BYTES_PER_ELEMENT = 5  # the packed float32 row and one byte of the nonzero mask
 
 
+def to_device(t: Tensor, device: torch.device) -> Tensor:
+    """A small host tensor (indices, counts) on `device` without a host sync: on CUDA through pinned memory
+    and a non-blocking copy (a pageable copy would wait for the stream); made once and cached by callers."""
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)  # the caching host allocator keeps it until copied
+    return t.to(device)
+
+
 def scratch_bytes(param_bytes: int) -> int:
     """The scratch memory one reduction may hold at once, for a model of `param_bytes`."""
     return max(int(SCRATCH_FRACTION * param_bytes), SCRATCH_MIN_BYTES)
@@ -102,10 +110,10 @@ class _Plan:
                     continue
                 fill = torch.tensor([last[r] for r in rows]).unsqueeze(1)
                 mask = torch.arange(ROW).unsqueeze(0) >= fill  # True on the pads
-                per_chunk.append((torch.as_tensor([r - r0 for r in rows], dtype=torch.long).to(device),
-                                  mask.to(device)))
-            t = (torch.as_tensor(row_item, dtype=torch.long).to(device),
-                 torch.as_tensor(self.rows, dtype=torch.long).to(device), per_chunk)
+                per_chunk.append((to_device(torch.as_tensor([r - r0 for r in rows], dtype=torch.long), device),
+                                  to_device(mask, device)))
+            t = (to_device(torch.as_tensor(row_item, dtype=torch.long), device),
+                 to_device(torch.as_tensor(self.rows, dtype=torch.long), device), per_chunk)
             self.dev[device] = t
         return t
 
@@ -178,7 +186,7 @@ class MomentReducer:
         out_t = torch.full((len(flats), N_MOMENTS), NAN, device=dev)
         for idx in by_dev.values():
             r = self._device([flats[i] for i in idx])
-            out_t[torch.as_tensor(idx, device=dev)] = r.to(dev)
+            out_t[to_device(torch.as_tensor(idx), dev)] = r.to(dev)
         return out_t
 
     # ---------------------------------------------------------------- host path (CPU)
@@ -326,7 +334,7 @@ class MomentReducer:
         if t is None:
             if len(self._small) >= 64:
                 self._small.pop(next(iter(self._small)))
-            t = self._small[key] = torch.as_tensor(values, dtype=torch.long).to(device)
+            t = self._small[key] = to_device(torch.as_tensor(values, dtype=torch.long), device)
         return t
 
     # ---------------------------------------------------------------- updates
@@ -359,7 +367,7 @@ class MomentReducer:
         key = ("scale", values, device)
         t = self._small.get(key)
         if t is None:
-            t = self._small[key] = torch.as_tensor(values, dtype=torch.float32).to(device)
+            t = self._small[key] = to_device(torch.as_tensor(values, dtype=torch.float32), device)
         return t
 
 
