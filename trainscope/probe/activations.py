@@ -71,23 +71,35 @@ class ActivationHooks:
         out = first_tensor(output)
         if out is None or not out.is_floating_point():
             return
-        now = name not in self._batched or out.numel() == 0 or host.free(out)  # CPU: at once, still in cache
+        if host.free(out):  # CPU: measured at once, while the output is still in cache
+            raw, numel, units = st.raw_activation(out, typ, self.reducer)
+            self.buffer.layer(step, name, "activation", typ, raw, (numel, units))
+        else:
+            self._keep(step, name, typ, out)
+        if module.training and typ.startswith(("BatchNorm", "SyncBatchNorm")):
+            self._bn_batch(step, name, args)
+
+    def _keep(self, step: int, name: str, typ: str, out: Tensor) -> None:
+        """The accelerator path: keep the output to the forward's end (measured here too until checked)."""
+        now = name not in self._batched or out.numel() == 0
         if now:
             raw, numel, units = st.raw_activation(out, typ, self.reducer)
             self.buffer.layer(step, name, "activation", typ, raw, (numel, units))
-        if name not in self._immediate and out.numel() > 0 and not host.free(out):  # kept to the forward's end: reduced there, or checked for a change
+        if name not in self._immediate and out.numel() > 0:  # to the forward's end: reduced there, or checked
             self._pending.append((step, name, typ, out, out._version, now))
             self._pending_bytes += out.numel() * out.element_size()
             if self._pending_bytes > self.reducer.budget:
                 self._reduce_pending()
-        if module.training and typ.startswith(("BatchNorm", "SyncBatchNorm")):
-            x = first_tensor(args)
-            if x is not None and x.dim() >= 2:
-                n = int(x.shape[0])
-                if n < self._bn_min_batch.get(name, 1 << 62):
-                    self._bn_min_batch[name] = n
-                    per_channel = int(x.numel() // max(1, x.shape[1]))
-                    self.buffer.event(step, "batchnorm_batch", name, float(n), {"values_per_channel": per_channel})
+
+    def _bn_batch(self, step: int, name: str, args: Any) -> None:
+        """The smallest batch a BatchNorm layer saw in train mode (an event when it gets smaller)."""
+        x = first_tensor(args)
+        if x is not None and x.dim() >= 2:
+            n = int(x.shape[0])
+            if n < self._bn_min_batch.get(name, 1 << 62):
+                self._bn_min_batch[name] = n
+                per_channel = int(x.numel() // max(1, x.shape[1]))
+                self.buffer.event(step, "batchnorm_batch", name, float(n), {"values_per_channel": per_channel})
 
     def _reduce_pending(self) -> None:
         """Statistics of the kept outputs, all in one batch (outputs changed since their hook are left out)."""

@@ -207,8 +207,10 @@ class MomentReducer:
             out[small] = _small_rows([_np(flats[k]) for k in small])
         return out
 
-    def _host_row(self, t: Tensor) -> list[float]:
-        a = _np(t)
+    def _host_row(self, t: Tensor, a: np.ndarray | None = None) -> list[float]:
+        """Raw moments of a CPU tensor, `a` its flat numpy view if the caller has it."""
+        if a is None:
+            a = _np(t)
         n = a.size
         sq = float(a.dot(a))
         # torch's vectorized cascade sum: 3x faster than numpy's pairwise one on large float32 tensors
@@ -316,17 +318,20 @@ class MomentReducer:
         x = values_of(out)
         if x.dim() <= 1:
             x = x.reshape(-1, 1)
-        row = np.empty(N_ACTIVATION)
-        row[:N_MOMENTS] = self._host_row(x)
         ud = unit_dim(x, typ)
         units = x.shape[ud]
-        m = x.reshape(-1, units).amax(0) if ud == x.dim() - 1 else x.amax(dim=tuple(d for d in range(x.dim()) if d != ud))
-        row[N_MOMENTS] = float(np.count_nonzero(_np(m) <= 0))
+        a = _np(x)
+        row = self._host_row(x, a)
+        if ud == x.dim() - 1 and a.size == x.numel():  # units last: a (rows, units) view of the same numbers
+            m = a.reshape(-1, units).max(axis=0)
+        else:
+            m = _np(x.amax(dim=tuple(d for d in range(x.dim()) if d != ud)))
+        row.append(float(np.count_nonzero(m <= 0)))
         kind = SATURATING.get(typ)
-        row[N_MOMENTS + 1] = NAN if kind is None else float(_saturated(x, kind, ud))
+        row.append(NAN if kind is None else float(_saturated(x, kind, ud)))
         if kind == "softmax":
             units = -(x.numel() // units)  # negative: saturation is per row, not per element
-        return row, x.numel(), units
+        return np.array(row), x.numel(), units
 
     def _lengths(self, values: tuple[int, ...], device: torch.device) -> Tensor:
         key = (values, device)
