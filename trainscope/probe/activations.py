@@ -47,6 +47,9 @@ class ActivationHooks:
         self._batched: set[str] = set()  # outputs seen unchanged at the forward's end: reduced in the batch
         self._immediate: set[str] = set()  # outputs changed in place after the hook: measured at the hook
         self._reduce = guard.wrap("activation", self._reduce_pending)
+        self._stat_hooks = [guard.wrap("activation", lambda m, a, o, name=name, typ=typ:
+                                       self._record(self.armed_step, name, typ, m, a, o))
+                            for name, _, typ in self.leaves]
 
     def arm(self, step: int, trace: bool, stats: bool = True) -> None:
         self.armed_step = step
@@ -55,10 +58,9 @@ class ActivationHooks:
                 what = "weight" if name in self.weight_leaves else "module"
                 self.handles.append(mod.register_forward_pre_hook(
                     self.guard.wrap("trace", lambda m, a, name=name, typ=typ, what=what: self.note(what, name, typ))))
-            if stats:
-                self.handles.append(mod.register_forward_hook(
-                    self.guard.wrap("activation", lambda m, a, o, name=name, typ=typ:
-                                    self._record(step, name, typ, m, a, o))))
+        if stats:  # the guarded hooks are made once: they read the armed step
+            for (_, mod, _), hook in zip(self.leaves, self._stat_hooks):
+                self.handles.append(mod.register_forward_hook(hook))
 
     def disarm(self) -> None:
         for h in self.handles:
