@@ -52,7 +52,7 @@ SCRATCH_FRACTION = 0.005  # a reducer's scratch: at most this share of the model
 SCRATCH_MIN_BYTES = 4 << 20  # ...or this much, whichever is larger
 SMALL_NUMEL = 4096  # host path: smaller tensors are reduced together, in float64
 SHIFT_RATIO = 16.0  # host path: plain sums while mean^2 <= SHIFT_RATIO * variance (float32 error ~ 17 eps)
-_BYTES_PER_ELEMENT = 5  # the packed float32 row and one byte of the nonzero mask
+_BYTES_PER_ELEMENT = 5  # accelerator path: the packed float32 row and a byte of the isfinite mask
 
 
 def to_device(t: Tensor, device: torch.device) -> Tensor:
