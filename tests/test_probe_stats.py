@@ -32,8 +32,9 @@ def test_reducer_rows_equal_numpy(monkeypatch, free):
     g = torch.Generator().manual_seed(0)
     tensors = [torch.randn(300, 7, generator=g), torch.randn(5, generator=g), torch.zeros(100),
                torch.randn(3000, generator=g) * 1e-3 + 1.0, torch.relu(torch.randn(4096, generator=g)),
-               torch.randn(8, 3, 5, 5, generator=g), torch.full((513,), 2.5), torch.randn(1, generator=g)]
-    reducer = st.MomentReducer(budget=5 * st.ROW * 3)  # 3 rows a chunk: tensors split across chunks
+               torch.randn(8, 3, 5, 5, generator=g), torch.full((513,), 2.5), torch.randn(1, generator=g),
+               torch.randn(10000, generator=g) * 1e-3 - 2.0, torch.relu(torch.randn(9000, generator=g))]
+    reducer = st.MomentReducer(budget=5 * st.ROW * 3)  # 3 rows a chunk, 7680-byte pieces: tensors split
     rows = st._host_array(reducer.rows(tensors)).reshape(len(tensors), st.N_MOMENTS)
     for k, t in enumerate(tensors):
         got = dict(zip(st.LAYER_STATS, st.finalize_moments(rows[k], (t.numel(),))))
