@@ -2,12 +2,12 @@
 
 The loss is found three ways: the `criterion` the user passed; any `nn.modules.loss._Loss` module
 called between the watched model's output and the backward (a global module hook, armed only on
-steps 0-2 and recorded steps); and functional losses (`F.cross_entropy`, `F.mse_loss`, ...) through
+steps 0-2 and every 100th step); and functional losses (`F.cross_entropy`, `F.mse_loss`, ...) through
 a TorchFunctionMode armed over the same window on steps 0-2 (and during the first forward, for
 models that compute their own loss). Each distinct loss gets one `criterion_input` event (host
-values: once per loss). Known loss modules are then hooked on the first 200 steps and on recorded
-steps, and a functional loss keeps its mode on the first 200 steps, for the batch's target
-statistics (`batch/target_*`): device values, copied at the next flush.
+values: once per loss). Known loss modules are then hooked on the first 200 steps and every 100th
+step, and a functional loss keeps its mode on the first 200 steps, for the batch's target
+statistics (`batch/target_*`): floats on CPU, device values elsewhere (copied at the next flush).
 """
 from __future__ import annotations
 
@@ -26,7 +26,8 @@ from trainscope.probe.guard import HookGuard
 from trainscope.probe.util import distribution_facts, first_tensor, producer_chain, producer_name
 from trainscope.store import schema
 
-TARGET_STEPS = 200  # batch target statistics on every one of the first steps (and on recorded steps)
+TARGET_STEPS = 200  # batch target statistics on every one of the first steps (then every LATE_EVERY)
+LATE_EVERY = 100  # then every this many steps
 DISCOVERY_STEPS = 3  # functional losses are looked for on steps 0..2
 
 # functional loss -> the module class users know it by
@@ -179,13 +180,19 @@ class CriterionWatch(Collector):
         value = float(loss.detach().float()) if isinstance(loss, Tensor) and loss.numel() == 1 else float("nan")
         self.buffer.event(self.clock.fwd_step, "criterion_input_eval", "", value, detail)
 
+    @staticmethod
+    def _late(step: int) -> bool:
+        """After the first steps, the loss is looked at again (new loss modules, the batch's targets) every
+        LATE_EVERY steps: the default recorded steps, but not every step of an `every=1` run."""
+        return step % LATE_EVERY == 0
+
     def wants_window(self, step: int) -> bool:
-        return step < DISCOVERY_STEPS or self.clock.recorded(step) or (self._functional_seen and step < TARGET_STEPS)
+        return step < DISCOVERY_STEPS or self._late(step) or (self._functional_seen and step < TARGET_STEPS)
 
     def on_forward_begin(self, step: int) -> None:
         """A training forward of the watched model starts: close any open window, arm the loss modules."""
         self.close_window()
-        if not (step < TARGET_STEPS or self.clock.recorded(step)):
+        if not (step < TARGET_STEPS or self._late(step)):
             self._remove(self._step_hooks)
         elif len(self._step_hooks) != len(self._loss_modules):  # armed once, and again when a loss is found
             self._remove(self._step_hooks)
@@ -201,7 +208,7 @@ class CriterionWatch(Collector):
         """The watched model returned its output (grad enabled): the loss is computed next."""
         if not self.wants_window(step):
             return
-        if step < DISCOVERY_STEPS or self.clock.recorded(step):
+        if step < DISCOVERY_STEPS or self._late(step):
             from torch.nn.modules import module as module_mod
 
             self._window.append(module_mod.register_module_forward_pre_hook(
@@ -290,7 +297,7 @@ class CriterionWatch(Collector):
     def _seen(self, criterion: str, module: nn.Module | None, x: Tensor | None, target: Tensor | None,
               loss: Tensor | None, function: str | None = None, kwargs: dict | None = None) -> None:
         step = self.clock.fwd_step
-        if target is not None and self._targets_step != step and (step < TARGET_STEPS or self.clock.recorded(step)):
+        if target is not None and self._targets_step != step and (step < TARGET_STEPS or self._late(step)):
             self._targets_step = step
             for name, value in target_stats(target):
                 self.buffer.scalar((step, name, value, self.clock.epoch, self.buffer.now()))
