@@ -119,9 +119,9 @@ def test_quiet_steps_keep_the_loop_facts_that_every_step_can_change(tmp_path):
     evals = [json.loads(r.detail) for r in ev[ev.kind == "eval_forward"].itertuples()]
     assert evals and evals[0]["training"] is True and evals[0]["step"] == 245
     backwards = run.scalar("loop/backwards")
-    # full: every 10th, 256 (powers of 2 below `every` are recorded), and the steps an anomaly capture forced
-    # (the never-reset gradients grow tenfold in a few steps)
-    assert {256, 272} <= set(recorded) and 233 not in recorded
+    # full: every 10th, 256 (powers of 2 below `every` are recorded), and any step an anomaly capture forced
+    # (the never-reset gradients grow tenfold in a few steps: the norm of step 270 may trigger one)
+    assert 256 in recorded and 233 not in recorded
     # (a capture decided inside its own step records that step's statistics; its loop facts were not counted)
     have = set(backwards.loc[200:].index)
     assert set(range(200, 280, 10)) | {256} <= have <= set(range(200, 280, 10)) | set(recorded)

@@ -3,10 +3,8 @@
 At `every=100` only 1% of steps have per-layer statistics; a loss spike at step 4,321 would have none.
 So the probe watches two host values it already has or can get without a host sync:
   - the global gradient norm of each step (on CPU read from the step's norm vector at once; on CUDA a
-    non-blocking copy to pinned memory, read once its event has completed: usually one step later); on
-    CPU steps where it is not computed (grad_norm_every > 1, the CPU default), the norm of the sentinel
-    parameter's gradient (a few hundred numbers, read in the optimizer pre-hook) in its own series
-    (`sentinel_grad_norm`),
+    non-blocking copy to pinned memory, read once its event has completed: usually one step later), on
+    the steps where it is computed (every step by default on an accelerator, every 10th on CPU),
   - the training loss given to `probe.log` (any metric with "loss" in its name that is not a
     validation/eval/test one; CPU values read at once, CUDA ones like the gradient norm).
 A value *jumps* when it is NaN/Inf (the first time for that metric) or above `FACTOR` x the running
@@ -29,7 +27,6 @@ import math
 from collections import deque
 from typing import Any
 
-import torch
 from torch import Tensor
 
 from trainscope.probe import host
@@ -42,7 +39,6 @@ MIN_HISTORY = 8  # no ratio trigger before this many values
 CAPTURE_STEPS = 3  # recorded steps per capture
 COOLDOWN = 100  # steps before the same metric may trigger again
 MAX_CAPTURES = 16  # per run
-SENTINEL_METRIC = "sentinel_grad_norm"  # the stand-in for grad_norm on CPU steps without it
 MAX_PENDING = 64  # CUDA values waiting for their copy (older ones are dropped, never waited for)
 
 
@@ -88,7 +84,6 @@ class AnomalyCapture:
         self.series: dict[str, _Series] = {}
         self.captures = 0
         self._pending: list[tuple[str, str, int, HostValue]] = []  # (trigger, metric, step, value)
-        self._sentinel_series: _Series | None = None
         self._loss_series: dict[str, Any] = {}  # probe.log key -> its _Series if a training loss, else False
 
     # -------------------------------------------------------------- inputs
@@ -100,21 +95,6 @@ class AnomalyCapture:
             return False
         v = float(value)
         return self._decide("grad_norm", "grad_norm", step, v, current=True)
-
-    def on_sentinel_grad(self, step: int, grad: Tensor) -> None:
-        """A CPU step without the global gradient norm (grad_norm_every > 1): the norm of the sentinel's
-        gradient (the smallest parameter, usually the output layer's bias: a few hundred numbers), read in
-        the optimizer pre-hook, stands in for it, in its own series. A loss spike scales every gradient, this one
-        too, so the step is still captured at itself, not one step late through the logged loss."""
-        if self.captures >= MAX_CAPTURES or not host.free(grad):
-            return
-        series = self._sentinel_series
-        if series is None:
-            series = self._sentinel_series = self._series(SENTINEL_METRIC)
-        v = float(torch.linalg.vector_norm(grad, dtype=torch.float32))  # one small reduction, read at once
-        med = series.jump(v)
-        if med is not None:
-            self._trigger(series, "grad_norm", SENTINEL_METRIC, step, v, med, current=True)
 
     def on_logged(self, step: int, values: dict[str, Any]) -> None:
         """Values given to probe.log for `step`, as the buffer kept them (str keys; floats or detached

@@ -106,9 +106,6 @@ class StepClock:
         self.ended_quiet = False  # the step that just ended (in after_step) was quiet
         self.quiet_ok: Callable[[], bool] = lambda: False
         self.norm_due: Callable[[int], bool] = lambda s: True  # the gradient norms are taken at step s
-        # (step, the sentinel's gradient) in the optimizer pre-hook of a step without the global norm
-        # (anomaly.py); with an optimizer only
-        self.sentinel_watch: Callable[[int, Tensor], None] | None = None
         self.after_step: Callable[[], None] = lambda: None  # e.g. flush the buffer when due
         self.handles: list[Any] = []
         self.manual = False  # probe.step() marks the steps (no optimizer known)
@@ -190,12 +187,8 @@ class StepClock:
 
     # -------------------------------------------------------------- optimizer hooks
     def _on_step_pre(self, optimizer: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-        s = self.step
-        due = self.norm_due(s)
-        if not due and self.sentinel_watch is not None and self.sentinel is not None and self.sentinel.grad is not None:
-            self.sentinel_watch(s, self.sentinel.grad)  # the anomaly capture's stand-in for the global norm
-        if self.quiet and not due and len(args) < 2 and not kwargs:
-            self.begun = s  # a quiet step without norms: nothing to take
+        if self.quiet and not self.norm_due(self.step) and len(args) < 2 and not kwargs:
+            self.begun = self.step  # a quiet step without norms: nothing to take
             return
         # the hook's args are step()'s own, self included: step(self, closure=None)
         closure = args[1] if len(args) > 1 else kwargs.get("closure")

@@ -116,8 +116,6 @@ class Probe:
                                  has_optimizer=optimizer is not None, world_size=self.world_size)
         self.anomaly = AnomalyCapture(self.buffer, self.clock)  # loss / grad-norm jumps: record those steps
         self.params.anomaly = self.anomaly
-        if self.params.grad_norm_every > 1:
-            self.clock.sentinel_watch = self.anomaly.on_sentinel_grad  # CPU only (it reads the value)
         self.loop = LoopFacts(self.buffer, self.clock, optimizer=optimizer, scheduler=scheduler, model=self.model)
         self.timing = Timing(self.buffer, self.clock, self.model)  # where the step's time goes
         self.criterion_watch = CriterionWatch(criterion, self.buffer, self.clock, self.guard, compiled=self.compiled)
