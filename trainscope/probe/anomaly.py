@@ -117,10 +117,6 @@ class AnomalyCapture:
             if med is not None:
                 self._trigger(series, "loss", key, step, f, med, current=False)
 
-    def waiting(self) -> bool:
-        """Device values wait for their copy (poll them)."""
-        return bool(self._pending)
-
     def poll(self) -> None:
         """Decide the deferred (CUDA) values whose copy has completed; never waits."""
         if not self._pending:

@@ -144,8 +144,8 @@ class RunBuffer:
         self._appends.append((table, {k: list(v) for k, v in columns.items()}))
 
     def due(self) -> bool:
-        if not (self.pending_rows >= self.flush_rows or time.monotonic() - self.last_flush >= self.flush_seconds):
-            return False
+        if self.pending_rows < self.flush_rows and time.monotonic() < self.last_flush + self.flush_seconds:
+            return False  # the usual step
         # the previous background write still runs: keep buffering (never wait for it), up to a hard cap
         return not self.writing() or self.pending_rows >= max(BACKLOG_FACTOR * self.flush_rows, BACKLOG_ROWS)
 

@@ -239,8 +239,9 @@ class StepClock:
         return self._full
 
     def _is_quiet(self, s: int) -> bool:
-        return (s >= FULL_STEPS and s % SAMPLE_EVERY != 0 and self.optimizer is not None and not self.manual
-                and not self._closure_step and not self.recorded(s) and self.quiet_ok())
+        return (s % SAMPLE_EVERY != 0 and s >= FULL_STEPS and self.optimizer is not None and not self.manual
+                and not self._closure_step and s % self.every != 0 and s not in self.forced
+                and not (s < self.every and (s & (s - 1)) == 0) and self.quiet_ok())  # not recorded(s), inlined
 
     def force(self, steps: list[int]) -> None:
         """Record these steps in full (an anomaly capture); the current one too if it has not begun."""

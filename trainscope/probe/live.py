@@ -11,6 +11,9 @@ Decided from values that are already on the host (the probe never syncs with the
   values the probe only copies at a flush, the buffer's first `nonfinite` tags after a flush;
 - TS102 divergence: a logged training loss at least `DIVERGENCE_FACTOR` times its first finite value.
 
+Live findings never force a flush: CPU values are read at once, CUDA ones through pinned copies and
+events, and what only a flush copies is looked at after the regular flushes.
+
 Each rule fires at most once per run, as one line on stderr
 (`trainscope: TS601 softmax before CrossEntropyLoss (step 0): ...`) with on_finding="warn" (the default);
 on_finding="raise" closes the probe (status "stopped", everything recorded is kept) and raises
@@ -120,10 +123,6 @@ class LiveFindings:
                 continue
         self._check_pending()
 
-    def waiting(self) -> bool:
-        """Device values wait for their copy."""
-        return bool(self._pending)
-
     def after_step(self) -> None:
         """After each optimizer step (and each step the clock counts)."""
         step = self.clock.step - 1
@@ -139,11 +138,6 @@ class LiveFindings:
             self._check_loop(step)
         self._check_pending()
         self._check_flushed_nonfinite()
-
-    def wants_flush(self) -> bool:
-        """Live findings never force a flush: CPU values are read at once, CUDA ones through pinned
-        copies and events, and what only a flush copies is looked at after the regular flushes."""
-        return False
 
     # ------------------------------------------------------------------ checks
     def _scan_events(self) -> None:

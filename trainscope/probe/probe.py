@@ -291,11 +291,11 @@ class Probe:
                           {"hook": name, "error": f"{type(e).__name__}: {e}"})
 
     def _after_step(self) -> None:
-        if self.anomaly.waiting():
+        if self.anomaly._pending:  # device values waiting for their copy
             self.anomaly.poll()
-        if not self.clock.ended_quiet or self.live.waiting():
+        if not self.clock.ended_quiet or self.live._pending:
             self.live.after_step()  # a quiet step adds no event, scalar or flush for it to look at
-        if self.buffer.due() or self.live.wants_flush():
+        if self.buffer.due():  # live findings never ask for a flush (live.py)
             self._resolve_rank(final=True)
             self.buffer.flush(background=True)  # the training thread only hands over host rows
             self.timing.restart_wait()  # the probe's own flush is not the loop waiting for data
