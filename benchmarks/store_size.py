@@ -2,8 +2,9 @@
 
     python benchmarks/store_size.py [--steps 1000] [--grad-norm-every N]
 
-"recorded" counts the steps with full per-layer statistics (kind `grad`); since issue 11 every step also
-has a `grad_norm` row per layer (grad_norm_every=1); `--grad-norm-every 10` gives the earlier default.
+"recorded" counts the steps with full per-layer statistics (kind `grad`); the steps where the global
+gradient norm is taken also have a `grad_norm` row per layer (every step on an accelerator, every 10th on
+CPU after the first 200: the defaults); `--grad-norm-every 1` gives every step on CPU too.
 """
 from __future__ import annotations
 
