@@ -6,6 +6,9 @@
     python benchmarks/probe_overhead.py --device cuda --model gpt100m --compile  # the same under torch.compile
     python benchmarks/probe_overhead.py --model mlp --watch grad_norm_every=1    # extra settings to compare
 
+CPU runs are timed by the process's CPU time (all its threads, so the probe's writer thread counts and
+other processes on a shared machine do not; `--wall-clock` for the wall clock), CUDA runs by the wall
+clock after a synchronize.
 Prints one row per (model, device, setting): plain ms/step, watched ms/step, the steady-state ratio
 (median over interleaved 100-step blocks) and the ratio over the first 250 steps (start-up: dense
 gradient norms and the early recorded steps). "default" is `trainscope.watch` with its defaults
