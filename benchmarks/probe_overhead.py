@@ -5,6 +5,7 @@
     python benchmarks/probe_overhead.py --device cuda --model gpt100m            # GPT ~100M, bf16 autocast
     python benchmarks/probe_overhead.py --device cuda --model gpt100m --compile  # the same under torch.compile
     python benchmarks/probe_overhead.py --model mlp --watch grad_norm_every=1    # extra settings to compare
+    python benchmarks/probe_overhead.py --model mlp --floor                      # + no-op hooks: the floor
 
 CPU runs are timed by the process's CPU time (all its threads, so the probe's writer thread counts and
 other processes on a shared machine do not; `--wall-clock` for the wall clock), CUDA runs by the wall
@@ -116,6 +117,31 @@ def gpt100m() -> tuple[nn.Module, torch.Tensor, torch.Tensor, nn.Module]:
 MODELS = {"mlp": (mlp, 15), "cnn": (cnn, 9), "transformer": (transformer, 5), "gpt100m": (gpt100m, 5)}
 
 
+FLOOR: dict = {}  # the --floor setting (compared by identity)
+
+
+class NoOpHooks:
+    """The floor under any Python probe: the hooks trainscope registers (the model's forward pre-hook, the
+    optimizer's pre/post step hooks, one parameter's gradient hook), doing nothing, and a logged loss kept
+    in a list."""
+
+    def __init__(self, model: nn.Module, opt: torch.optim.Optimizer) -> None:
+        self.kept: list = []
+        self.handles = [model.register_forward_pre_hook(lambda m, a, k: None, with_kwargs=True),
+                        opt.register_step_pre_hook(lambda o, a, k: None),
+                        opt.register_step_post_hook(lambda o, a, k: None),
+                        min(model.parameters(), key=lambda p: p.numel()).register_hook(lambda g: None)]
+
+    def log(self, **values) -> None:
+        self.kept.append(values)
+        if len(self.kept) > 1000:
+            self.kept.clear()
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
 class Loop:
     """A model, its optimizer and (optionally) a probe, stepping the same batch."""
 
@@ -132,7 +158,9 @@ class Loop:
                          if bf16 else contextlib.nullcontext)
         self.tmp = tempfile.TemporaryDirectory()
         self.probe = None
-        if watch_kwargs is not None:
+        if watch_kwargs is FLOOR:
+            self.probe = NoOpHooks(self.model, self.opt)
+        elif watch_kwargs is not None:
             self.probe = trainscope.watch(self.model, self.tmp.name, optimizer=self.opt, criterion=self.crit,
                                           **watch_kwargs)
 
@@ -220,6 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--watch", action="append", default=[], metavar="K=V[,K=V]",
                     help="an extra watch() setting to time (repeatable)")
     ap.add_argument("--no-default-settings", action="store_true", help="only the --watch settings")
+    ap.add_argument("--floor", action="store_true",
+                    help="also time the same hooks doing nothing (the floor under any Python probe)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the model (plain and watched)")
     ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
                     help="bf16 autocast for forward and loss (default: on for gpt100m on CUDA)")
@@ -239,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     startup = args.startup if args.startup is not None else 50 if args.quick else 250
     settings = {} if args.no_default_settings else {"default (every=100)": {}, "every=1": {"every": 1}}
     settings.update(parse_setting(w) for w in args.watch)
+    if args.floor:
+        settings["no-op hooks (floor)"] = FLOOR
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; steady state: median over interleaved "
           f"{args.block}-step blocks; start-up: the first {startup} steps; CPU timed by "
           f"{'the wall clock' if WALL_CLOCK else 'process CPU time'}"
