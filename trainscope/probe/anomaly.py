@@ -83,7 +83,8 @@ class AnomalyCapture:
         self.clock = clock
         self.series: dict[str, _Series] = {}
         self.captures = 0
-        self._pending: list[tuple[str, str, int, HostValue]] = []  # (trigger, metric, step, value)
+        # device values whose copy has not arrived: (trigger, metric, step, value); the probe polls while any
+        self.waiting: list[tuple[str, str, int, HostValue]] = []
         self._loss_series: dict[str, Any] = {}  # probe.log key -> its _Series if a training loss, else False
 
     # -------------------------------------------------------------- inputs
@@ -101,7 +102,7 @@ class AnomalyCapture:
         0-d tensors)."""
         if self.captures >= MAX_CAPTURES:
             return
-        if self._pending:
+        if self.waiting:
             self.poll()
         for key, v in values.items():
             series = self._loss_series.get(key)
@@ -119,24 +120,24 @@ class AnomalyCapture:
 
     def poll(self) -> None:
         """Decide the deferred (CUDA) values whose copy has completed; never waits."""
-        if not self._pending:
+        if not self.waiting:
             return
         keep = []
-        for trigger, name, step, hv in self._pending:
+        for trigger, name, step, hv in self.waiting:
             v = hv.get()
             if v is None:
                 if hv._event is not None:
                     keep.append((trigger, name, step, hv))
                 continue
             self._decide(trigger, name, step, v, current=False)
-        self._pending = keep
+        self.waiting = keep
 
     def _defer(self, trigger: str, name: str, step: int, t: Tensor) -> None:
         if self.captures >= MAX_CAPTURES or not host.async_readable(t):
             return  # other devices: not read live
-        if len(self._pending) >= MAX_PENDING:
-            self._pending.pop(0)
-        self._pending.append((trigger, name, step, HostValue(t)))
+        if len(self.waiting) >= MAX_PENDING:
+            self.waiting.pop(0)
+        self.waiting.append((trigger, name, step, HostValue(t)))
 
     # -------------------------------------------------------------- decision
     def _series(self, name: str) -> _Series:
@@ -160,7 +161,7 @@ class AnomalyCapture:
         first = step if current else max(step, clock.begun + 1)
         steps = list(range(first, first + CAPTURE_STEPS))
         if clock.forced.issuperset(steps):
-            return False  # an earlier capture holds these steps already (e.g. the sentinel's, then the norm's)
+            return False  # an earlier capture holds these steps already (a spike seen in the norm and the loss)
         series.last_trigger = step
         self.captures += 1
         clock.force(steps)

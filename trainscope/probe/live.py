@@ -95,7 +95,8 @@ class LiveFindings:
         self.fired: dict[str, int] = {}  # rule -> step
         self._events_seen = (None, 0)  # (the buffer's event list, how many of it were looked at)
         self._scalars_seen = (None, 0)
-        self._pending: list[tuple[str, int, str, HostValue]] = []  # (what, step, metric, value)
+        # values not yet read (device copies on their way): (what, step, metric, value); looked at while any
+        self.waiting: list[tuple[str, int, str, HostValue]] = []
         self._first_loss: dict[str, float] = {}
         self._nonfinite_seen: set[str] = set()
         self._stale: dict[int, bool] = {}  # steps whose .grad was not reset (read on the host)
@@ -118,7 +119,7 @@ class LiveFindings:
             if isinstance(v, Tensor) and v.numel() != 1:
                 continue
             try:
-                self._pending.append(("loss", step, name, HostValue(v)))
+                self.waiting.append(("loss", step, name, HostValue(v)))
             except (TypeError, ValueError):
                 continue
         self._check_pending()
@@ -128,7 +129,7 @@ class LiveFindings:
         step = self.clock.step - 1
         buf = self.buffer
         (events, n_events), (scalars, n_scalars) = self._events_seen, self._scalars_seen
-        if (step >= EARLY_STEPS and not self._pending and events is buf.events and n_events == len(events)
+        if (step >= EARLY_STEPS and not self.waiting and events is buf.events and n_events == len(events)
                 and scalars is buf.scalars and n_scalars == len(scalars)
                 and len(buf.seen_nonfinite) == len(self._nonfinite_seen)):
             return  # nothing new to look at (the usual step): a few length comparisons
@@ -183,11 +184,11 @@ class LiveFindings:
         reset, backwards = row[6], row[7]
         if reset is None or backwards != 1:
             return
-        self._pending.append(("reset", step, "", HostValue(reset)))
+        self.waiting.append(("reset", step, "", HostValue(reset)))
 
     def _check_pending(self) -> None:
         keep = []
-        for what, step, name, hv in self._pending:
+        for what, step, name, hv in self.waiting:
             v = hv.get()
             if v is None:
                 if hv._event is not None:
@@ -202,7 +203,7 @@ class LiveFindings:
                                   "gradients of all past batches add up; call optimizer.zero_grad() every step")
             elif what == "loss":
                 self._loss(step, name, v)
-        self._pending = keep
+        self.waiting = keep
 
     def _loss(self, step: int, name: str, v: float) -> None:
         if not math.isfinite(v):

@@ -291,9 +291,9 @@ class Probe:
                           {"hook": name, "error": f"{type(e).__name__}: {e}"})
 
     def _after_step(self) -> None:
-        if self.anomaly._pending:  # device values waiting for their copy
+        if self.anomaly.waiting:  # device values waiting for their copy
             self.anomaly.poll()
-        if not self.clock.ended_quiet or self.live._pending:
+        if not self.clock.ended_quiet or self.live.waiting:
             self.live.after_step()  # a quiet step adds no event, scalar or flush for it to look at
         if self.buffer.due():  # live findings never ask for a flush (live.py)
             self._resolve_rank(final=True)
