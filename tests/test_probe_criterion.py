@@ -32,3 +32,19 @@ def test_logits_vs_log_probs_and_target_range(tmp_path):
     assert d["target_min"] == 0 and d["target_max"] == 2 and d["num_classes"] == 3
     assert d["producer"] == "LogSoftmaxBackward0" and d["shape"] == [5, 3]
     assert run.meta["num_classes"] == 3 and ev.iloc[0]["value"] == pytest.approx(d["loss"])
+
+
+def test_target_stats_host_and_device_paths_agree(monkeypatch):
+    """The CPU path (numpy: bincount for class ids, unique otherwise) and the device path (sorted counts,
+    no host sync) give the same mode and share, ties to the smallest class, negative ids included."""
+    from trainscope.probe import host
+    from trainscope.probe.criterion import target_stats
+
+    g = torch.Generator().manual_seed(0)
+    batches = [torch.randint(0, 5, (64,), generator=g) for _ in range(20)]
+    batches += [torch.tensor([1, 2, 1, 2]), torch.tensor([-100, 2, 2, -100, -100]), torch.tensor([70000, 3, 70000])]
+    on_host = [[(k, float(v)) for k, v in target_stats(t)] for t in batches]
+    monkeypatch.setattr(host, "FREE_ON_CPU", False)
+    on_device = [[(k, float(v)) for k, v in target_stats(t)] for t in batches]
+    assert on_host == on_device
+    assert on_host[-3] == [("batch/target_mode_frac", 0.5), ("batch/target_mode", 1.0)]
