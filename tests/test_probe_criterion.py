@@ -46,5 +46,6 @@ def test_target_stats_host_and_device_paths_agree(monkeypatch):
     on_host = [[(k, float(v)) for k, v in target_stats(t)] for t in batches]
     monkeypatch.setattr(host, "FREE_ON_CPU", False)
     on_device = [[(k, float(v)) for k, v in target_stats(t)] for t in batches]
-    assert on_host == on_device
+    for h, d in zip(on_host, on_device):  # the device share is a float32 division
+        assert [k for k, _ in h] == [k for k, _ in d] and [v for _, v in h] == pytest.approx([v for _, v in d])
     assert on_host[-3] == [("batch/target_mode_frac", 0.5), ("batch/target_mode", 1.0)]
