@@ -140,6 +140,8 @@ class ParamStats(Collector):
         self._fast = bool(flat) and not any(p.is_complex() or p.layout != torch.strided for p in flat) and not any(
             getattr(m, "sparse", False) is True for _, m, _, _ in layers) and self.sharding is None
         # (sharded parameters take the per-layer path, which reads their local shards)
+        # float32 gradients give float32 norms as they are; asking for the dtype costs a few µs per call
+        self._norm_dtype = None if all(p.dtype == torch.float32 for p in flat) else torch.float32
         self._dense: list[tuple[int, float, float, Tensor, _Plan]] = []  # (step, epoch, time, norms, plan)
         self.last_norm: tuple[int, float] | None = None  # (step, global norm) read on the host (CPU only)
         self.anomaly: Any = None  # anomaly.AnomalyCapture, set by the probe: told every step's global norm
@@ -244,7 +246,7 @@ class ParamStats(Collector):
             if not grads:
                 return None
         try:
-            vec = torch.stack(torch._foreach_norm(grads, 2, dtype=torch.float32))
+            vec = torch.stack(torch._foreach_norm(grads, 2, dtype=self._norm_dtype))
         except Exception:  # noqa: BLE001 - e.g. gradients on several devices, sparse ones: the per-layer path
             self._fast = False
             return None
