@@ -83,17 +83,19 @@ def _events(run, kind):
     return [(int(r.step), json.loads(r.detail)) for r in ev.itertuples()]
 
 
-def test_anomaly_capture_records_the_spike_step(tmp_path):
-    """The issue's test: 1000 steps at every=100, the loss x100 at step 777 (backpropagated, so the gradient
-    norm jumps too), and at step 555 only the logged value x100 (a logging-side spike)."""
+def _spike_run(tmp_path, logged_spike_at: int | None = None, expect_grad_norm_every: int | None = None,
+               **watch):
+    """The issue's run: 1000 steps at every=100, the loss x100 at step 777 (backpropagated, so the gradient
+    norm jumps too), optionally only the logged value x100 at another step; logged after the step."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.02)
     g = torch.Generator().manual_seed(2)
     xs = torch.randn(1000, 16, 4, generator=g)
     ys = xs[..., :1] * 0.5 - xs[..., 1:2]
-    with trainscope.watch(model, tmp_path / "r", optimizer=opt, every=100, grad_norm_every=1,
-                          on_finding="ignore") as probe:
+    with trainscope.watch(model, tmp_path / "r", optimizer=opt, every=100, on_finding="ignore", **watch) as probe:
+        if expect_grad_norm_every is not None:
+            assert probe.params.grad_norm_every == expect_grad_norm_every
         for step in range(1000):
             opt.zero_grad()
             loss = nn.functional.mse_loss(model(xs[step]), ys[step])
@@ -101,8 +103,14 @@ def test_anomaly_capture_records_the_spike_step(tmp_path):
                 loss = loss * 100
             loss.backward()
             opt.step()
-            probe.log(train_loss=loss * 100 if step == 555 else loss)  # logged after the step, as usual
-    run = trainscope.load_run(tmp_path / "r")
+            probe.log(train_loss=loss * 100 if step == logged_spike_at else loss)
+    return trainscope.load_run(tmp_path / "r")
+
+
+def test_anomaly_capture_records_the_spike_step(tmp_path):
+    """The issue's test: 1000 steps at every=100, the loss x100 at step 777 (backpropagated, so the gradient
+    norm jumps too), and at step 555 only the logged value x100 (a logging-side spike)."""
+    run = _spike_run(tmp_path, logged_spike_at=555, grad_norm_every=1)
     caps = _events(run, "anomaly_capture")
     by = {(s, d["trigger"]): d for s, d in caps}
     assert set(by) == {(777, "grad_norm"), (777, "loss"), (555, "loss")}, caps  # and no false alarm elsewhere
@@ -124,23 +132,7 @@ def test_anomaly_capture_records_the_spike_step(tmp_path):
 def test_anomaly_capture_at_the_cpu_defaults_is_one_step_late(tmp_path):
     """The same spike with CPU defaults (the global norm every 10th step, so not at 777): the logged loss
     triggers the capture, one step late (778-780), as on an accelerator; nothing else triggers."""
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
-    opt = torch.optim.SGD(model.parameters(), lr=0.02)
-    g = torch.Generator().manual_seed(2)
-    xs = torch.randn(1000, 16, 4, generator=g)
-    ys = xs[..., :1] * 0.5 - xs[..., 1:2]
-    with trainscope.watch(model, tmp_path / "r", optimizer=opt, every=100, on_finding="ignore") as probe:
-        assert probe.params.grad_norm_every == 10
-        for step in range(1000):
-            opt.zero_grad()
-            loss = nn.functional.mse_loss(model(xs[step]), ys[step])
-            if step == 777:
-                loss = loss * 100
-            loss.backward()
-            opt.step()
-            probe.log(train_loss=loss)
-    run = trainscope.load_run(tmp_path / "r")
+    run = _spike_run(tmp_path, expect_grad_norm_every=10)
     caps = {(s, d["trigger"]): d for s, d in _events(run, "anomaly_capture")}
     assert set(caps) == {(777, "loss")}, caps
     assert caps[777, "loss"]["steps"] == [778, 779, 780] and caps[777, "loss"]["late"]
@@ -398,23 +390,7 @@ def test_anomaly_capture_one_step_late_on_the_accelerator_path(tmp_path, monkeyp
     monkeypatch.setattr(host, "FREE_ON_CPU", False)
     monkeypatch.setattr(host, "async_readable", lambda t: True)
     monkeypatch.setattr(anomaly, "HostValue", Delayed)
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 1))
-    opt = torch.optim.SGD(model.parameters(), lr=0.02)
-    g = torch.Generator().manual_seed(2)
-    xs = torch.randn(1000, 16, 4, generator=g)
-    ys = xs[..., :1] * 0.5 - xs[..., 1:2]
-    with trainscope.watch(model, tmp_path / "r", optimizer=opt, every=100, grad_norm_every=1,
-                          on_finding="ignore") as probe:
-        for step in range(1000):
-            opt.zero_grad()
-            loss = nn.functional.mse_loss(model(xs[step]), ys[step])
-            if step == 777:
-                loss = loss * 100
-            loss.backward()
-            opt.step()
-            probe.log(train_loss=loss)
-    run = trainscope.load_run(tmp_path / "r")
+    run = _spike_run(tmp_path, grad_norm_every=1)
     by = {(s, d["trigger"]): d for s, d in _events(run, "anomaly_capture")}
     assert set(by) == {(777, "grad_norm"), (777, "loss")}, by
     assert by[777, "grad_norm"]["steps"] == [778, 779, 780] and by[777, "grad_norm"]["late"]
