@@ -108,3 +108,46 @@ def test_recorded_statistics_equal_per_tensor_reference(tmp_path, monkeypatch, f
             units = out.reshape(-1, out.shape[-1]) if name != "conv" else out.transpose(1, 0, 2).reshape(out.shape[1], -1).T
             assert row["frac_dead"] == pytest.approx(float((units.max(axis=0) <= 0).mean())), (step, name)
         assert acts["fc"].min() < 0  # fc's own output (before the in-place ReLU), not the ReLU's
+
+
+def _random_raw(rng: np.random.Generator, kind: str, k: int, zero: set[int]) -> tuple[np.ndarray, object]:
+    """A raw row as the buffer holds it, with NaN/Inf, zero counts and empty tensors mixed in."""
+    if kind in ("grad", "weight"):
+        rows = rng.normal(size=(k, st.N_MOMENTS)) * rng.choice([1e-8, 1.0, 1e6], size=(k, 1))
+        rows[:, 1] = np.abs(rows[:, 1]); rows[:, 3] = np.abs(rows[:, 3])
+        ns = [0 if j in zero else int(rng.integers(1, 5000)) for j in range(k)]
+        rows[:, 6] = [rng.integers(0, n + 1) for n in ns]
+        rows[:, 7] = rng.choice([0, 0, 0, 3], size=k)
+        if rng.random() < 0.1:
+            rows[rng.integers(k), rng.integers(st.N_MOMENTS)] = rng.choice([np.nan, np.inf, -np.inf])
+        return rows.reshape(-1), tuple(ns)
+    if kind == "activation":
+        raw = np.abs(rng.normal(size=st.N_ACTIVATION)) * 100
+        numel = 0 if zero else int(rng.integers(1, 10 ** 6))
+        units = int(rng.choice([0, 1, 7, 256, -64]))
+        raw[st.N_MOMENTS + 1] = rng.choice([np.nan, 3.0, 0.0])
+        return raw, (numel, units)
+    if kind == "update":
+        return np.abs(rng.normal(size=(k, st.N_UPDATE))).reshape(-1) * rng.choice([0.0, 1e-12, 1.0]), int(rng.integers(1, 10 ** 7))
+    return np.abs(rng.normal(size=k)) * rng.choice([0.0, 1.0, np.inf]), int(rng.integers(1, 10 ** 7))  # grad_norm
+
+
+def test_finalize_rows_equals_the_one_row_forms_bit_for_bit():
+    """The flush finalizes all rows of a kind together; every number must be the one-row form's, exactly."""
+    rng = np.random.default_rng(7)
+    kinds, raws, infos = [], [], []
+    for _ in range(3000):
+        kind = str(rng.choice(["grad", "weight", "activation", "update", "grad_norm"]))
+        k = int(rng.choice([1, 1, 2, 2, 3, 5, 7, 8, 12, 20]))
+        zero = set(rng.choice(k, size=int(rng.integers(0, k + 1)), replace=False).tolist()) if rng.random() < 0.2 else set()
+        raw, info = _random_raw(rng, kind, k, zero)
+        kinds.append(kind); raws.append(raw); infos.append(info)
+    kinds.append("grad"); raws.append(np.asarray([0.0, 4.0, 1.0, 2.0, -1.0, 1.0, 3.0, 0.0])); infos.append((3, 5))  # shared shift
+    got = st.finalize_rows(kinds, raws, infos)
+    one = {"grad": st.finalize_moments, "weight": st.finalize_moments, "update": st.finalize_update,
+           "grad_norm": st.finalize_norms, "activation": lambda r, i: st.finalize_activation(r, *i)}
+    with np.errstate(all="ignore"):
+        want = np.asarray([one[k](r, i) for k, r, i in zip(kinds, raws, infos)])
+    assert got.shape == want.shape
+    differs = ~((got == want) | (np.isnan(got) & np.isnan(want)))
+    assert not differs.any(), [(kinds[i], infos[i]) for i in np.nonzero(differs.any(axis=1))[0][:5]]

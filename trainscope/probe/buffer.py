@@ -238,16 +238,17 @@ class RunBuffer:
                 "step": [r[0] for r in scalars], "name": [r[1] for r in scalars], "value": values,
                 "epoch": [r[3] for r in scalars], "time": [r[4] for r in scalars]})
         if layers:
-            def convert(rows: list) -> list:
-                return [_FINALIZE[r[2]](raw, r[5]) for r, raw in zip(rows, raw_to_host([r[4] for r in rows]))]
+            def convert(rows: list) -> np.ndarray:
+                return st.finalize_rows([r[2] for r in rows], raw_to_host([r[4] for r in rows]), [r[5] for r in rows])
 
-            mats, layers = _host_rows(layers, convert, self._lost)
+            parts, layers = _host_rows(layers, convert, self._lost)
             if layers:
+                mats = np.asarray(parts, dtype=np.float64).reshape(-1, len(schema.LAYER_STATS))
                 cols: dict[str, list] = {
                     "step": [r[0] for r in layers], "layer": [r[1] for r in layers], "kind": [r[2] for r in layers],
                     "module_type": [r[3] for r in layers], "order": [self.order.get(r[1], -1) for r in layers]}
                 for i, stat in enumerate(schema.LAYER_STATS):
-                    cols[stat] = [row[i] for row in mats]
+                    cols[stat] = mats[:, i].tolist()
                 events += self._nonfinite_from_layers(cols)
                 self.staged[schema.LAYERS].append(cols)
         for cols in job.dense_layers:
@@ -443,12 +444,3 @@ def raw_to_host(vectors: list[Tensor]) -> list[np.ndarray]:
         for j, i in enumerate(idx):
             out[i] = flat[offsets[j]:offsets[j + 1]]
     return out
-
-
-_FINALIZE = {
-    "grad": st.finalize_moments,
-    "weight": st.finalize_moments,
-    "activation": lambda raw, info: st.finalize_activation(raw, *info),
-    "update": st.finalize_update,
-    "grad_norm": st.finalize_norms,
-}

@@ -550,6 +550,116 @@ def finalize_update(raw: np.ndarray, numel: int) -> list[float]:
     return out
 
 
+MAX_BATCHED_TENSORS = 8  # below this many tensors a layer's sums are added in order, as the 1-row forms do
+
+
+def finalize_rows(kinds: Sequence[str], raws: Sequence[np.ndarray], infos: Sequence[Any]) -> np.ndarray:
+    """LAYER_STATS of many buffered rows at once (N x N_STATS, float64), equal to the one-row forms
+    (`finalize_moments`, `finalize_activation`, `finalize_update`, `finalize_norms`) bit for bit: rows of
+    one kind and layout are finalized together with the same float64 operations, in the same order.
+
+    `infos` is each row's info as buffered: the tensors' element counts (moments, update), (numel, units)
+    (activation) or the layer's numel (grad_norm). A flush at every step would otherwise spend tens of
+    microseconds of Python per row on the writing thread, which shares the interpreter with training."""
+    out = np.full((len(kinds), N_STATS), NAN)
+    groups: dict[tuple, list[int]] = {}
+    for i, (kind, raw, info) in enumerate(zip(kinds, raws, infos)):
+        if kind == "grad" or kind == "weight":
+            ns = tuple(info)
+            k = len(ns)
+            if raw.size != k * N_MOMENTS or k >= MAX_BATCHED_TENSORS:  # an old shared-shift row; many tensors
+                out[i] = finalize_moments(raw, ns)
+                continue
+            key: tuple = ("moments", tuple(n > 0 for n in ns))
+        elif kind == "activation":
+            key = ("activation", info[0] > 0)
+        elif kind == "update":
+            key = ("update", raw.size)
+        elif kind == "grad_norm":
+            key = ("grad_norm", raw.size)
+        else:
+            raise KeyError(kind)
+        if raw.size == 0 or key[1] is False or (key[0] in ("update", "grad_norm")
+                                                and key[1] >= 2 * MAX_BATCHED_TENSORS):
+            out[i] = _FINALIZE_ONE[kind](raw, info)  # nothing to batch (empty), or a long vector: one by one
+            continue
+        groups.setdefault(key, []).append(i)
+    for (what, layout), idx in groups.items():
+        r = np.stack([np.asarray(raws[i], dtype=np.float64).reshape(-1) for i in idx])
+        if what == "moments":
+            keep = [j for j, present in enumerate(layout) if present]
+            ns = np.asarray([infos[i] for i in idx], dtype=np.float64)[:, keep]
+            if not keep:  # every tensor of the layer is empty
+                out[idx, _I["numel"]] = 0.0
+                continue
+            r = r.reshape(len(idx), -1, N_MOMENTS)[:, keep, :]
+            out[idx] = _moments_batch(r, ns)
+        elif what == "activation":
+            numel = np.asarray([infos[i][0] for i in idx], dtype=np.float64)
+            units = np.asarray([infos[i][1] for i in idx], dtype=np.float64)
+            block = _moments_batch(r[:, None, :N_MOMENTS], numel[:, None])
+            n_units = np.abs(units)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                block[:, _I["frac_dead"]] = np.where(n_units > 0, r[:, N_MOMENTS] / np.where(n_units > 0, n_units, 1),
+                                                     NAN)
+                sat = r[:, N_MOMENTS + 1]
+                block[:, _I["frac_saturated"]] = np.where(np.isfinite(sat), sat / np.where(units < 0, -units, numel),
+                                                          NAN)
+            out[idx] = block
+        elif what == "update":
+            r = r.reshape(len(idx), -1, N_UPDATE)
+            d2, w2 = _sum_in_order(r[:, :, 0]), _sum_in_order(r[:, :, 1])
+            out[idx, _I["norm"]] = np.sqrt(d2)
+            with np.errstate(invalid="ignore", divide="ignore"):
+                out[idx, _I["ratio"]] = np.sqrt(d2 / w2)
+            out[idx, _I["numel"]] = [float(infos[i]) for i in idx]
+        else:  # grad_norm
+            out[idx, _I["norm"]] = np.sqrt(_sum_in_order(r * r))
+            out[idx, _I["numel"]] = [float(infos[i]) for i in idx]
+    return out
+
+
+def _sum_in_order(x: np.ndarray) -> np.ndarray:
+    """Row sums of a (N, k) array added left to right, k < 2 * MAX_BATCHED_TENSORS: what numpy's sum of each
+    short row gives (its pairwise sum adds fewer than 8 numbers in order), without a call per row."""
+    k = x.shape[1]
+    if k >= MAX_BATCHED_TENSORS:
+        return np.asarray([row.sum() for row in x])
+    acc = x[:, 0].copy()
+    for j in range(1, k):
+        acc += x[:, j]
+    return acc
+
+
+def _moments_batch(r: np.ndarray, ns: np.ndarray) -> np.ndarray:
+    """finalize_moments of N layers at once: r is (N, k, N_MOMENTS) with k < MAX_BATCHED_TENSORS rows a layer,
+    every one of them non-empty; ns (N, k) their element counts."""
+    m, k = r.shape[0], r.shape[1]
+    out = np.full((m, N_STATS), NAN)
+    n = _sum_in_order(ns) if k > 1 else ns[:, 0].copy()
+    out[:, _I["numel"]] = n
+    sq = _sum_in_order(r[:, :, 1])
+    lo, hi = r[:, :, 4].min(axis=1), r[:, :, 5].max(axis=1)
+    nonzero, bad = _sum_in_order(r[:, :, 6]), _sum_in_order(r[:, :, 7])
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        means = r[:, :, 0] + r[:, :, 2] / ns
+        m2 = r[:, :, 3] - r[:, :, 2] * r[:, :, 2] / ns
+        if k > 1:
+            mean = _sum_in_order(ns * means) / n
+            m2 = _sum_in_order(m2) + _sum_in_order(ns * (means - mean[:, None]) ** 2)
+        else:
+            mean, m2 = means[:, 0], m2[:, 0]
+        var = np.where(n > 1, m2 / np.where(n > 1, n - 1, 1), NAN)
+        out[:, _I["norm"]] = np.sqrt(sq)
+        out[:, _I["mean"]] = mean
+        out[:, _I["std"]] = np.where(np.isfinite(var), np.sqrt(np.maximum(var, 0.0)), var)
+        finite = np.isfinite(lo) & np.isfinite(hi)
+        out[:, _I["max_abs"]] = np.where(finite, np.maximum(np.abs(lo), np.abs(hi)), NAN)
+        out[:, _I["frac_zero"]] = 1.0 - nonzero / n
+    out[:, _I["nonfinite"]] = bad
+    return out
+
+
 # Convenience forms (one tensor in, final statistics out) for users and tests.
 def _host_array(raw: np.ndarray | Tensor) -> np.ndarray:
     return raw if isinstance(raw, np.ndarray) else raw.detach().cpu().numpy()
@@ -634,3 +744,12 @@ def raw_update_sampled(before: Sequence[Tensor], after: Sequence[Tensor],
         b, d = _flat_float(b), _flat_float(d)
         parts += [d.dot(d) * scale, b.dot(b) * scale]
     return torch.stack(parts)
+
+
+_FINALIZE_ONE = {
+    "grad": finalize_moments,
+    "weight": finalize_moments,
+    "activation": lambda raw, info: finalize_activation(raw, *info),
+    "update": finalize_update,
+    "grad_norm": finalize_norms,
+}
