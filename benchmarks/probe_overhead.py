@@ -11,7 +11,7 @@ CPU runs are timed by the process's CPU time (all its threads, so the probe's wr
 other processes on a shared machine do not; `--wall-clock` for the wall clock), CUDA runs by the wall
 clock after a synchronize.
 Prints one row per (model, device, setting): plain ms/step, watched ms/step, the steady-state ratio
-(median over interleaved 100-step blocks) and the ratio over the first 250 steps (start-up: dense
+(median over interleaved 100-step blocks) and the ratio over the first 300 steps (start-up, as issue 11 defines it: dense
 gradient norms and the early recorded steps). "default" is `trainscope.watch` with its defaults
 (every=100); "every=1" records every per-layer statistic at every step; each `--watch K=V[,K=V]`
 adds a setting. The GPT (12 layers, d=768, 12 heads, vocabulary 16384, tied embedding: 98.0M
@@ -190,7 +190,7 @@ class Loop:
 
 
 def measure(factory, device: str, watch_kwargs: dict, blocks: int, block: int = 100,
-            startup: int = 250, **loop_kw) -> tuple[float, float, float, float]:
+            startup: int = 300, **loop_kw) -> tuple[float, float, float, float]:
     """(plain s/step, watched s/step, median block ratio, start-up ratio).
 
     The first `startup` steps (dense grad norms, the early recorded steps 0, 1, 2, 4, ...) are timed
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="time CPU runs by the wall clock (default: the process's CPU time, all its threads)")
     ap.add_argument("--blocks", type=int, default=None, help="interleaved 100-step blocks (default per model)")
     ap.add_argument("--block", type=int, default=100, help="steps per block")
-    ap.add_argument("--startup", type=int, default=None, help="start-up steps timed once (default 250, --quick 50)")
+    ap.add_argument("--startup", type=int, default=None, help="start-up steps timed once (default 300, --quick 50)")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cpu, and cuda when present)")
     ap.add_argument("--model", default=None,
                     help=f"comma-separated, of {', '.join(MODELS)} (default: mlp,cnn,transformer on CPU, "
@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     if any(d.startswith("cuda") for d in devices) and not torch.cuda.is_available():
         print("CUDA is not available here (torch.cuda.is_available() is False); run this on a machine with a GPU.")
         return 2
-    startup = args.startup if args.startup is not None else 50 if args.quick else 250
+    startup = args.startup if args.startup is not None else 50 if args.quick else 300
     settings = {} if args.no_default_settings else {"default (every=100)": {}, "every=1": {"every": 1}}
     settings.update(parse_setting(w) for w in args.watch)
     if args.floor:
