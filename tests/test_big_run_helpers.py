@@ -2,19 +2,25 @@
 
 `pivot` builds with numpy what `DataFrame.pivot_table(aggfunc="mean")` built (and with `rows=` what
 it builds of the masked frame); `layer_rows` selects once per run and kind; `compute_mask` looks the
-type up by code; the reader skips sorting what is already in (step, rank) order.
+type up by code; the reader skips sorting what is already in (step, rank) order and hands over the
+codes of its dictionary-decoded string columns; `Run.scalar` answers once per diagnosis.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
+import trainscope
 from trainscope.report.synthetic import synthetic_run
-from trainscope.rules.detectors._common import (compute_grad_norms, compute_mask, compute_rows, is_compute, kind_mask,
-                                                kind_rows, layer_rows, pivot, types_where)
+from trainscope.rules.detectors._common import (all_ranks_mask, compute_grad_norms, compute_mask, compute_rows,
+                                                is_compute, kind_mask, kind_rows, layer_rows, pivot, types_where)
 from trainscope.rules.registry import NotApplicable
+from trainscope.store import schema
 from trainscope.store.reader import _sorted_by_step_rank
+from trainscope.store.writer import RunWriter, new_meta
 
 
 def test_pivot_equals_pivot_table_with_nan_inf_duplicates_and_order() -> None:
@@ -91,3 +97,80 @@ def test_sorted_check_agrees_with_a_stable_sort() -> None:
                            "rank": rng.integers(0, 2, n).astype(np.int32)})
         moved = not df.sort_values(["step", "rank"], kind="stable").index.equals(df.index)
         assert _sorted_by_step_rank(df["step"].to_numpy(), df["rank"].to_numpy()) is (not moved)
+
+
+def _store(path: Path, compact_every: int | None = None) -> Path:
+    """A small run written by the run store's writer: three chunks, out of step order across chunks,
+    layer names that differ between chunks (different Parquet dictionaries) and a missing one."""
+    w = RunWriter(path, **({"compact_every": compact_every} if compact_every else {}))
+    w.write_meta(new_meta(name="r", rank=0, world_size=1, trainscope_version="t", torch_version="t",
+                          python_version="t"))
+    nan = float("nan")
+    for base, names in ((20, ["b", "a", "b", None]), (0, ["c", "c", "a", "b"]), (10, ["d", None, "d", "d"])):
+        steps = [base + 1, base + 1, base + 2, base + 3]
+        w.append(schema.SCALARS, {"step": steps, "name": ["loss", "lr/0", "loss", "lr/0"], "value": [1.0, 2.0, 3.0, 4.0],
+                                  "epoch": [nan] * 4, "time": [0.0] * 4})
+        w.append(schema.LAYERS, {"step": steps, "layer": names, "kind": ["grad", "weight", "grad", "update"],
+                                 "module_type": ["Linear", "ReLU", None, "Linear"], "order": [0, 1, 0, 2],
+                                 **{s: [1.0, nan, 2.0, 3.0] for s in schema.LAYER_STATS}})
+        w.next_chunk()
+    w.release()
+    return path
+
+
+@pytest.mark.parametrize("compact_every", [None, 2])
+def test_reader_codes_are_pd_factorize_of_the_loaded_columns(tmp_path: Path, compact_every: int | None) -> None:
+    run = trainscope.load_run(_store(tmp_path / "r", compact_every))
+    assert run.layers["step"].tolist() == [1, 1, 2, 3, 11, 11, 12, 13, 21, 21, 22, 23]  # sorted on load
+    handed = run.__dict__.get("_codes_cache", {})
+    assert {("layers", "layer"), ("layers", "kind"), ("layers", "module_type"), ("scalars", "name")} <= set(handed)
+    for table, column in handed:
+        codes, uniques = run.codes(table, column)
+        assert run.__dict__["_codes_cache"][(table, column)][1][0] is codes  # the reader's, not recomputed
+        ref_codes, ref_uniques = pd.factorize(getattr(run, table)[column])
+        np.testing.assert_array_equal(codes, ref_codes)
+        pd.testing.assert_index_equal(uniques, ref_uniques, exact=True)
+    assert -1 in run.codes("layers", "layer")[0]  # the missing name
+    # a changed column is factorized again, never answered from the reader's codes
+    run.layers.loc[0, "layer"] = "zzz"
+    codes, uniques = run.codes("layers", "layer")
+    ref_codes, ref_uniques = pd.factorize(run.layers["layer"])
+    np.testing.assert_array_equal(codes, ref_codes)
+    pd.testing.assert_index_equal(uniques, ref_uniques)
+    run.layers = run.layers.iloc[::-1].reset_index(drop=True)
+    np.testing.assert_array_equal(run.codes("layers", "kind")[0], pd.factorize(run.layers["kind"])[0])
+    mask = all_ranks_mask(run, "grad")
+    assert mask.tolist() == (run.layers["kind"] == "grad").tolist()
+    assert not all_ranks_mask(run, "activation").any()
+
+
+def test_cached_scalars_answers_as_without_the_cache(tmp_path: Path) -> None:
+    run = trainscope.load_run(_store(tmp_path / "r"))
+    plain = run.scalar("loss")
+    with run.cached_scalars():
+        first = run.scalar("loss")
+        pd.testing.assert_series_equal(first, plain)
+        first.iloc[0] = 99.0  # the caller's copy: the cache keeps its own
+        first.index.name = "x"
+        first.name = "changed"
+        pd.testing.assert_series_equal(run.scalar("loss"), plain)
+        assert run.scalar_names() == ["loss", "lr/0"]
+        run.scalars = run.scalars[run.scalars["name"] != "loss"]  # a new frame is read afresh
+        assert run.scalar("loss").empty and run.scalar_names() == ["lr/0"]
+    assert "_scalar_cache" not in run.__dict__
+    run = trainscope.load_run(tmp_path / "r")
+    run.scalars.loc[run.scalars.index[0], "value"] = -1.0  # outside the block: read every time
+    assert run.scalar("loss").iloc[0] == -1.0
+
+
+def test_sorted_check_across_blocks() -> None:
+    n = (1 << 16) * 3 + 5
+    step, rank = np.repeat(np.arange(n // 3 + 1), 3)[:n].astype(np.int64), np.zeros(n, dtype=np.int32)
+    assert _sorted_by_step_rank(step, rank)
+    for at in (1, 1 << 16, (1 << 16) + 1, n - 1):  # out of order at each block's edge and inside
+        s = step.copy()
+        s[at] = s[at - 1] - 1
+        assert not _sorted_by_step_rank(s, rank)
+    r = rank.copy()
+    r[(1 << 16) - 1], r[1 << 16] = 1, 0  # same step (a triple straddling the edge), rank going down
+    assert step[(1 << 16) - 1] == step[1 << 16] and not _sorted_by_step_rank(step, r)

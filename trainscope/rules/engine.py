@@ -21,6 +21,7 @@ TS5, gradients TS2, activations TS3, loss curves TS1), then code, then first ste
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import traceback
 from dataclasses import dataclass, field
@@ -272,29 +273,31 @@ def diagnose_report(
     the_run = load_run_any(run)
 
     report = Report(run=the_run, findings=[])
-    for name in names:
-        rule = catalogue[name]
-        fn = DETECTORS.get(name)
-        if fn is None:
-            report.crashed.append(Crashed(name, rule.code, "no detector registered for this rule"))
-            continue
-        reason = missing_need(the_run, rule.needs)
-        if reason is not None:
-            report.skipped.append(Skipped(name, rule.code, reason))
-            continue
-        try:
-            found = list(fn(Context(the_run, rule, params[name])) or ())
-        except NotApplicable as e:
-            report.skipped.append(Skipped(name, rule.code, str(e) or "not applicable"))
-            continue
-        except Exception as e:  # noqa: BLE001 - a broken detector must not abort the diagnosis
-            report.crashed.append(
-                Crashed(name, rule.code, f"{type(e).__name__}: {e}", traceback.format_exc())
-            )
-            continue
-        report.rules_run.append(name)
-        report.findings.extend(found)
-    report.findings = sort_findings(explain(report.findings, catalogue), catalogue)
+    cached = getattr(the_run, "cached_scalars", None)  # the rules ask for the same series many times
+    with cached() if cached is not None else contextlib.nullcontext():
+        for name in names:
+            rule = catalogue[name]
+            fn = DETECTORS.get(name)
+            if fn is None:
+                report.crashed.append(Crashed(name, rule.code, "no detector registered for this rule"))
+                continue
+            reason = missing_need(the_run, rule.needs)
+            if reason is not None:
+                report.skipped.append(Skipped(name, rule.code, reason))
+                continue
+            try:
+                found = list(fn(Context(the_run, rule, params[name])) or ())
+            except NotApplicable as e:
+                report.skipped.append(Skipped(name, rule.code, str(e) or "not applicable"))
+                continue
+            except Exception as e:  # noqa: BLE001 - a broken detector must not abort the diagnosis
+                report.crashed.append(
+                    Crashed(name, rule.code, f"{type(e).__name__}: {e}", traceback.format_exc())
+                )
+                continue
+            report.rules_run.append(name)
+            report.findings.extend(found)
+        report.findings = sort_findings(explain(report.findings, catalogue), catalogue)
     return report
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from trainscope.errors import TrainscopeError
@@ -237,14 +238,49 @@ def _typed(tbl: pa.Table, cols: dict[str, str]) -> pa.Table:
     return pa.Table.from_pandas(tbl.to_pandas().astype(cols), preserve_index=False)
 
 
-def _to_frame(tables: list[pa.Table], cols: dict[str, str]) -> pd.DataFrame:
+def _dictionary_codes(arr: pa.ChunkedArray) -> tuple[np.ndarray, pd.Index] | None:
+    """`pd.factorize` of the string column a dictionary-decoded column becomes, from its
+    dictionary indices (no hashing of millions of strings): codes numbered by first appearance,
+    -1 where null, in the smallest signed integer type that holds them; the distinct values as
+    the string Index pd.factorize gives. None when the column is not one clean dictionary."""
+    if not pa.types.is_dictionary(arr.type) or arr.num_chunks == 0:
+        return None
+    arr = arr.unify_dictionaries()
+    dictionary = arr.chunks[0].dictionary
+    k = len(dictionary)
+    if dictionary.null_count or k >= 2**15 - 1 or len(pc.unique(dictionary)) != k:  # few distinct values
+        return None
+    n = len(arr)
+    itype = np.int8 if k < 127 else np.int16
+    raw = np.empty(n, dtype=itype)  # the dictionary's indices, null -> k
+    pos = 0
+    for ch in arr.chunks:
+        idx = ch.indices.fill_null(k) if ch.null_count else ch.indices
+        raw[pos:pos + len(ch)] = idx.to_numpy(zero_copy_only=False)
+        pos += len(ch)
+    m = 4096  # the first appearances: in a run's first steps (every layer each step), else further on
+    while True:
+        seen = pd.unique(raw[:m])
+        seen = seen[seen < k]
+        if len(seen) == k or m >= n:
+            break
+        m *= 16
+    remap = np.full(k + 1, -1, dtype=itype)
+    remap[seen] = np.arange(len(seen), dtype=itype)
+    uniques = pd.Index(pd.arrays.ArrowStringArray(dictionary.take(pa.array(seen)).cast(pa.large_string())))
+    return remap[raw], uniques
+
+
+def _to_frame(tables: list[pa.Table], cols: dict[str, str],
+              codes: dict[str, tuple[np.ndarray, pd.Index]] | None = None) -> pd.DataFrame:
     """One DataFrame of the chunks in (step, rank) order (a stable sort; chunks are written in step
     order, their rows often are not), with the schema's dtypes.
 
     Built for 10M rows, where touching fresh memory is what costs (a page fault per page: seconds
     per GB on some VMs): each column is converted once, numbers written straight into their sorted
     place in memory from Arrow's pool, the column's Arrow buffers freed before the next, so that the
-    pool hands the same memory on; strings last, when most of the decoded buffers are free."""
+    pool hands the same memory on; strings last, when most of the decoded buffers are free.
+    `codes` receives the codes of the dictionary-decoded string columns (`_dictionary_codes`)."""
 
     def column(c: str) -> pa.ChunkedArray:
         chunks = [ch for t in tables for ch in t.column(c).chunks]
@@ -267,6 +303,8 @@ def _to_frame(tables: list[pa.Table], cols: dict[str, str]) -> pd.DataFrame:
         if dtype == "string":
             if order is not None:
                 arr = arr.take(order)  # on a dictionary's codes, before the strings exist
+            if codes is not None and (found := _dictionary_codes(arr)) is not None:
+                codes[c] = found
             data[c] = pd.arrays.ArrowStringArray(arr.cast(pa.large_string()))
         else:  # a plain writable numpy array (a view of Arrow's buffer would be read-only)
             out = np.frombuffer(pa.allocate_buffer(n * np.dtype(dtype).itemsize), dtype=dtype)  # np.empty
@@ -282,7 +320,8 @@ def _to_frame(tables: list[pa.Table], cols: dict[str, str]) -> pd.DataFrame:
 
 
 def _read_table(run_dir: Path, chunks: "_Chunks", table: str, attempt: int, skip_corrupt: bool,
-                notes: list[str]) -> tuple[pd.DataFrame, "_Chunks"]:
+                notes: list[str], codes: dict[str, tuple[np.ndarray, pd.Index]] | None = None
+                ) -> tuple[pd.DataFrame, "_Chunks"]:
     tables = []
     opened, chunks = _open_chunks(run_dir, chunks, table, attempt)
     for i, (path, entry, f) in enumerate(opened):
@@ -297,7 +336,7 @@ def _read_table(run_dir: Path, chunks: "_Chunks", table: str, attempt: int, skip
             notes.append(f"skipped {e}")
     if not tables:
         return empty_frame(table), chunks
-    return _to_frame(tables, schema.COLUMNS[table]), chunks
+    return _to_frame(tables, schema.COLUMNS[table], codes), chunks
 
 
 def _sanitize_meta(meta: dict[str, Any], notes: list[str], where: Path) -> None:
@@ -341,11 +380,16 @@ def _metas_of_attempt(run_dir: Path, attempt: int, latest: int) -> dict[int, dic
 
 
 def _sorted_by_step_rank(step: np.ndarray, rank: np.ndarray) -> bool:
-    """True when a stable sort by (step, rank) would not move any row (sorting 10M rows takes seconds)."""
-    if len(step) < 2:
-        return True
-    ds = step[1:] - step[:-1]
-    return bool(np.all((ds > 0) | ((ds == 0) & (rank[1:] >= rank[:-1]))))
+    """True when a stable sort by (step, rank) would not move any row (sorting 10M rows takes seconds).
+    Checked a block at a time (blocks overlap by one row): small temporaries, stops at the first
+    row out of order."""
+    block = 1 << 16
+    for lo in range(0, len(step) - 1, block):
+        s, r = step[lo:lo + block + 1], rank[lo:lo + block + 1]
+        ds = s[1:] - s[:-1]
+        if not np.all((ds > 0) | ((ds == 0) & (r[1:] >= r[:-1]))):
+            return False
+    return True
 
 
 def load_run(path: str | os.PathLike[str], attempt: int | None = None, skip_corrupt: bool = False) -> Run:
@@ -403,9 +447,11 @@ def load_run(path: str | os.PathLike[str], attempt: int | None = None, skip_corr
     meta.setdefault("name", run_dir.resolve().name)
     meta["attempt"] = attempt
     meta["attempts"] = sorted(attempts)
-    tables = {}
+    tables, codes = {}, {}
     for t in schema.TABLES:  # each in (step, rank) order (init has no step: as written)
-        tables[t], chunks = _read_table(run_dir, chunks, t, attempt, skip_corrupt, notes)
+        codes[t] = {}
+        tables[t], chunks = _read_table(run_dir, chunks, t, attempt, skip_corrupt, notes, codes[t])
+    read = dict(tables)
     # FSDP2: each rank recorded its shards; give every rank's row the full tensor's statistics
     tables[schema.SCALARS], tables[schema.LAYERS] = shards.merge(meta, tables[schema.SCALARS],
                                                                  tables[schema.LAYERS], notes)
@@ -419,7 +465,12 @@ def load_run(path: str | os.PathLike[str], attempt: int | None = None, skip_corr
         meta["steps"] = max(steps, default=0)
     if notes:
         meta["notes"] = notes
-    return Run(path=run_dir, meta=meta, source="trainscope", **tables)
+    run = Run(path=run_dir, meta=meta, source="trainscope", **tables)
+    for t, found in codes.items():
+        if tables[t] is read[t]:  # the frame as read (not one shards.merge rebuilt)
+            for c, (cd, uniques) in found.items():
+                run._give_codes(t, c, cd, uniques)
+    return run
 
 
 def is_run_dir(p: Path) -> bool:

@@ -1,10 +1,12 @@
 """`Run`: one training run as pandas frames, whatever it was read from."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
+import numpy as np
 import pandas as pd
 
 from trainscope.store import schema
@@ -46,6 +48,17 @@ class Run:
 
     def scalar(self, name: str, rank: int | None = 0) -> pd.Series:
         """One scalar series indexed by step (rank 0 by default; None = all ranks, mean per step)."""
+        cache = self.__dict__.get("_scalar_cache")
+        if cache is not None:  # inside `cached_scalars`: each series computed once per frame
+            hit = cache.get(("scalar", name, rank))
+            if hit is None or hit[0] is not self.scalars:
+                hit = cache[("scalar", name, rank)] = (self.scalars, self._scalar(name, rank))
+            out = hit[1].copy(deep=False)  # copy-on-write: the caller's changes stay its own
+            out.index = hit[1].index.copy()
+            return out
+        return self._scalar(name, rank)
+
+    def _scalar(self, name: str, rank: int | None) -> pd.Series:
         df = self.scalars
         df = df[df["name"] == name]
         if rank is not None and "rank" in df and (df["rank"] == rank).any():
@@ -55,7 +68,49 @@ class Run:
         return s
 
     def scalar_names(self) -> list[str]:
+        cache = self.__dict__.get("_scalar_cache")
+        if cache is not None:
+            hit = cache.get(("names",))
+            if hit is None or hit[0] is not self.scalars:
+                hit = cache[("names",)] = (self.scalars, sorted(self.scalars["name"].dropna().unique().tolist()))
+            return list(hit[1])
         return sorted(self.scalars["name"].dropna().unique().tolist())
+
+    @contextmanager
+    def cached_scalars(self) -> Iterator["Run"]:
+        """Within the block, `scalar` and `scalar_names` compute each answer once (while
+        `run.scalars` is the same frame; the rules ask for the same series dozens of times, each a
+        mask and a groupby over every scalar row). Outside it they read the frame every time, so a
+        frame changed in place reads fresh."""
+        if "_scalar_cache" in self.__dict__:  # nested: the outer block owns the cache
+            yield self
+            return
+        self.__dict__["_scalar_cache"] = {}
+        try:
+            yield self
+        finally:
+            self.__dict__.pop("_scalar_cache", None)
+
+    def codes(self, table: str, column: str) -> tuple[np.ndarray, pd.Index]:
+        """`pd.factorize(getattr(run, table)[column])`: integer codes (first appearance order, -1
+        where missing) and the distinct values, computed once while the column holds the same data.
+        The codes' dtype is the smallest signed integer that holds them (pd.factorize's int64 for
+        what the reader did not hand over). The reader hands over the codes of the string columns
+        it decoded from Parquet dictionaries (a 10M-row column: no hashing of 10M strings).
+        Callers only read the result."""
+        arr = getattr(self, table)[column].array
+        key = (table, column)
+        data = getattr(arr, "_pa_array", arr)  # an Arrow string column's data: immutable, replaced on any change
+        cache = self.__dict__.setdefault("_codes_cache", {})
+        hit = cache.get(key)
+        if hit is None or hit[0] is not data:
+            hit = cache[key] = (data, pd.factorize(getattr(self, table)[column]))
+        return hit[1]
+
+    def _give_codes(self, table: str, column: str, codes: np.ndarray, uniques: pd.Index) -> None:
+        """The reader's codes of a column it built (see `codes`)."""
+        arr = getattr(self, table)[column].array
+        self.__dict__.setdefault("_codes_cache", {})[(table, column)] = (getattr(arr, "_pa_array", arr), (codes, uniques))
 
     def events_of(self, kind: str) -> pd.DataFrame:
         return self.events[self.events["kind"] == kind]

@@ -84,7 +84,11 @@ def kind_mask(run: Run, kind: str) -> np.ndarray:
 
 def all_ranks_mask(run: Run, kind: str) -> np.ndarray:
     """Mask of the kind's rows, every rank (a missing kind, NA, is no kind, as in pandas' masks)."""
-    return _cached(run, ("mask", kind), lambda: (run.layers["kind"] == kind).to_numpy(dtype=bool, na_value=False))
+    def make() -> np.ndarray:  # `(run.layers["kind"] == kind)`, NA False, compared by code (no string compares)
+        codes, kinds = run.codes("layers", "kind")
+        return codes == kinds.get_loc(kind) if kind in kinds else np.zeros(len(codes), dtype=bool)
+
+    return _cached(run, ("mask", kind), make)
 
 
 def kind_rows(run: Run, kind: str) -> pd.DataFrame:
@@ -94,8 +98,8 @@ def kind_rows(run: Run, kind: str) -> pd.DataFrame:
 
 def types_where(run: Run, keep: Any, na: bool) -> np.ndarray:
     """`keep(module_type)` for every row of `run.layers` (`na` where the type is missing), decided
-    once per distinct type; the types are factorized once per run."""
-    codes, types = _cached(run, ("types",), lambda: pd.factorize(run.layers["module_type"]))
+    once per distinct type; the types are factorized once per run (`Run.codes`)."""
+    codes, types = run.codes("layers", "module_type")
     return np.array([bool(keep(t)) for t in types] + [na], dtype=bool)[codes]  # code -1 (NA): last
 
 
@@ -126,8 +130,8 @@ def compute_grad_norms(run: Run) -> pd.DataFrame:
 
 
 def layer_codes(run: Run) -> tuple[np.ndarray, Any]:
-    """`pd.factorize(run.layers["layer"])`, once per run (for `pivot`'s `codes`)."""
-    return _cached(run, ("layers",), lambda: pd.factorize(run.layers["layer"]))
+    """`pd.factorize(run.layers["layer"])`, once per run (for `pivot`'s `codes`; `Run.codes`)."""
+    return run.codes("layers", "layer")
 
 
 def pivot(df: pd.DataFrame, stat: str, rows: pd.Series | np.ndarray | None = None,
