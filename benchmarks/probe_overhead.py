@@ -189,17 +189,41 @@ class Loop:
         self.tmp.cleanup()
 
 
+def startup_ratio(factory, device: str, watch_kwargs: dict, startup: int, repeats: int, first: tuple,
+                  **loop_kw) -> float:
+    """Median over `repeats` fresh (plain, watched) pairs of the time ratio of their first `startup` steps
+    (after 3 warm-up steps each); `first` is the pair the steady state goes on with. One pair alone swings
+    by 5-10% on a shared machine (a flush, the writer thread's first chunk)."""
+    ratios = []
+    for r in range(repeats):
+        plain, watched = first if r == 0 else (Loop(factory, device, None, **loop_kw),
+                                                Loop(factory, device, watch_kwargs, **loop_kw))
+        plain.run(3)
+        watched.run(3)  # both warm (allocator, first-forward tracing)
+        if r % 2:  # alternate which loop goes first
+            w = watched.run(startup)
+            p = plain.run(startup)
+        else:
+            p = plain.run(startup)
+            w = watched.run(startup)
+        ratios.append(w / p)
+        if r:
+            plain.close()
+            watched.close()
+    return statistics.median(ratios)
+
+
 def measure(factory, device: str, watch_kwargs: dict, blocks: int, block: int = 100,
-            startup: int = 300, **loop_kw) -> tuple[float, float, float, float]:
+            startup: int = 300, startup_repeats: int = 3, **loop_kw) -> tuple[float, float, float, float]:
     """(plain s/step, watched s/step, median block ratio, start-up ratio).
 
-    The first `startup` steps (dense grad norms, the early recorded steps 0, 1, 2, 4, ...) are timed
-    once on their own; then blocks of `block` steps (one recorded step each at the default every=100) alternate
-    between the plain and the watched loop, and the ratio is the median over block pairs."""
+    The first `startup` steps (dense grad norms, the early recorded steps 0, 1, 2, 4, ...) are timed on
+    their own, on `startup_repeats` fresh pairs of loops (startup_ratio); then blocks of `block` steps (one
+    recorded step each at the default every=100) alternate between the plain and the watched loop, and the
+    ratio is the median over block pairs."""
     plain, watched = Loop(factory, device, None, **loop_kw), Loop(factory, device, watch_kwargs, **loop_kw)
-    plain.run(3)
-    watched.run(3)  # both warm (allocator, first-forward tracing)
-    start_ratio = watched.run(startup) / plain.run(startup) if startup > 0 else float("nan")
+    start_ratio = (startup_ratio(factory, device, watch_kwargs, startup, startup_repeats, (plain, watched), **loop_kw)
+                   if startup > 0 else float("nan"))
     p_times, w_times, ratios = [], [], []
     for _ in range(blocks):
         p = plain.run(block)
@@ -240,7 +264,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="time CPU runs by the wall clock (default: the process's CPU time, all its threads)")
     ap.add_argument("--blocks", type=int, default=None, help="interleaved 100-step blocks (default per model)")
     ap.add_argument("--block", type=int, default=100, help="steps per block")
-    ap.add_argument("--startup", type=int, default=None, help="start-up steps timed once (default 300, --quick 50)")
+    ap.add_argument("--startup", type=int, default=None, help="start-up steps (default 300, --quick 50)")
+    ap.add_argument("--startup-repeats", type=int, default=None,
+                    help="fresh loop pairs the start-up ratio is the median of (default 3, --quick 1)")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cpu, and cuda when present)")
     ap.add_argument("--model", default=None,
                     help=f"comma-separated, of {', '.join(MODELS)} (default: mlp,cnn,transformer on CPU, "
@@ -267,12 +293,14 @@ def main(argv: list[str] | None = None) -> int:
         print("CUDA is not available here (torch.cuda.is_available() is False); run this on a machine with a GPU.")
         return 2
     startup = args.startup if args.startup is not None else 50 if args.quick else 300
+    startup_repeats = args.startup_repeats or (1 if args.quick else 3)
     settings = {} if args.no_default_settings else {"default (every=100)": {}, "every=1": {"every": 1}}
     settings.update(parse_setting(w) for w in args.watch)
     if args.floor:
         settings["no-op hooks (floor)"] = FLOOR
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}; steady state: median over interleaved "
-          f"{args.block}-step blocks; start-up: the first {startup} steps; CPU timed by "
+          f"{args.block}-step blocks; start-up: the first {startup} steps (median of {startup_repeats} fresh pairs); "
+          f"CPU timed by "
           f"{'the wall clock' if WALL_CLOCK else 'process CPU time'}"
           + (f"; GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() and "cuda" in devices else ""))
     print(f"{'model':12s} {'device':6s} {'setting':28s} {'plain ms':>9s} {'watched ms':>11s} {'ratio':>7s} "
@@ -294,7 +322,8 @@ def main(argv: list[str] | None = None) -> int:
             for sname, kw in settings.items():
                 try:
                     p, w, ratio, start = measure(factory, device, kw, blocks, block=args.block,
-                                                 startup=startup, bf16=bf16, compile=args.compile)
+                                                 startup=startup, startup_repeats=startup_repeats, bf16=bf16,
+                                                 compile=args.compile)
                 except Exception as e:  # noqa: BLE001 - one failing setting must not hide the others
                     print(f"{tag:12s} {device:6s} {sname:28s} failed: {type(e).__name__}: {e}", flush=True)
                     continue
