@@ -17,8 +17,9 @@ import trainscope
 from trainscope.report.synthetic import synthetic_run
 from trainscope.rules.detectors._common import (all_ranks_mask, compute_grad_norms, compute_mask, compute_rows,
                                                 is_compute, kind_mask, kind_rows, layer_rows, pivot, types_where)
+from trainscope.errors import TrainscopeError
 from trainscope.rules.registry import NotApplicable
-from trainscope.store import schema
+from trainscope.store import reader, schema
 from trainscope.store.reader import _sorted_by_step_rank
 from trainscope.store.writer import RunWriter, new_meta
 
@@ -174,3 +175,56 @@ def test_sorted_check_across_blocks() -> None:
     r = rank.copy()
     r[(1 << 16) - 1], r[1 << 16] = 1, 0  # same step (a triple straddling the edge), rank going down
     assert step[(1 << 16) - 1] == step[1 << 16] and not _sorted_by_step_rank(step, r)
+
+
+def _outcome(run_dir: Path, skip: bool) -> tuple:
+    try:
+        run = trainscope.load_run(run_dir, skip_corrupt=skip)
+    except TrainscopeError as e:
+        return ("error", str(e))
+    return ("read", run.meta.get("notes"), {t: getattr(run, t) for t in schema.TABLES})
+
+
+def test_column_by_column_reading_fails_and_skips_as_whole_chunk_reading(tmp_path: Path, monkeypatch) -> None:
+    """Chunks are decoded a column at a time when the frame is built; damaged or foreign chunks
+    must still give the errors (and with skip_corrupt the notes and rows) of decoding each chunk
+    whole, in chunk order. Unlisted chunks (no checksum) with random byte flips in their pages or
+    footer, next to a listed chunk whose checksum fails, compared with the whole-chunk reader."""
+    import json
+    import random
+
+    run_dir = _store(tmp_path / "r")
+    manifest = run_dir / "chunks-r0.json"
+    listed = json.loads(manifest.read_text())
+    layer_chunks = sorted((run_dir / schema.LAYERS).glob("*.parquet"))
+    for c in layer_chunks[:2]:  # as if a crash cut them off before the manifest update: kept, unchecked
+        del listed["chunks"][f"{schema.LAYERS}/{c.name}"]
+    manifest.write_text(json.dumps(listed))
+    goods = {c: c.read_bytes() for c in layer_chunks}
+
+    def whole(path, data, table, attempt):
+        return reader._Decoded(reader._decode(path, data, table, attempt))
+
+    rng = random.Random(0)
+    for trial in range(40):
+        for c, good in goods.items():
+            c.write_bytes(good)
+        for c in layer_chunks[:2] if trial % 3 else layer_chunks[:1]:
+            bad = bytearray(goods[c])
+            lo = len(bad) - 400 if trial % 4 == 0 else 4  # the footer's metadata, or anywhere
+            for _ in range(rng.randint(1, 3)):
+                bad[rng.randrange(lo, len(bad) - 8)] ^= 1 << rng.randrange(8)
+            c.write_bytes(bytes(bad))
+        if trial % 2:
+            bad = bytearray(goods[layer_chunks[2]])
+            bad[len(bad) // 2] ^= 1
+            layer_chunks[2].write_bytes(bytes(bad))  # a checksum mismatch after them
+        for skip in (False, True):
+            fast = _outcome(run_dir, skip)
+            with monkeypatch.context() as m:
+                m.setattr(reader, "_open_chunk", whole)
+                slow = _outcome(run_dir, skip)
+            assert fast[:2] == slow[:2], (trial, skip)
+            if fast[0] == "read":
+                for t in schema.TABLES:
+                    pd.testing.assert_frame_equal(fast[2][t], slow[2][t])

@@ -178,9 +178,8 @@ def _open_chunks(run_dir: Path, chunks: "_Chunks", table: str, attempt: int) -> 
     raise AssertionError("unreachable")  # pragma: no cover
 
 
-def _read_chunk(path: Path, entry: dict[str, Any] | None, table: str, attempt: int, f: Any) -> pa.Table:
-    """One chunk as an Arrow table with the schema's columns (see `_typed`)."""
-    cols = schema.COLUMNS[table]
+def _chunk_bytes(path: Path, entry: dict[str, Any] | None, f: Any) -> bytes:
+    """One chunk's bytes, checked against its manifest entry (size, SHA-256)."""
     if isinstance(f, Exception):
         raise f
     try:
@@ -195,6 +194,12 @@ def _read_chunk(path: Path, entry: dict[str, Any] | None, table: str, attempt: i
     if entry is not None and entry.get("sha256") and hashlib.sha256(data).hexdigest() != entry["sha256"]:
         raise TrainscopeError(f"{path}: corrupt or truncated chunk (its SHA-256 differs from the manifest's: "
                               "the file changed after it was written)")
+    return data
+
+
+def _decode(path: Path, data: bytes, table: str, attempt: int) -> pa.Table:
+    """One chunk as an Arrow table with the schema's columns (see `_typed`), all columns at once."""
+    cols = schema.COLUMNS[table]
     try:
         # string columns decoded as dictionaries (a few distinct layer names over millions of rows):
         # faster to read and to sort, and turned into strings once per table
@@ -214,6 +219,68 @@ def _read_chunk(path: Path, entry: dict[str, Any] | None, table: str, attempt: i
         return _typed(tbl.select(list(cols)), cols)
     except Exception as e:  # noqa: BLE001 - wrong column types and the like
         raise TrainscopeError(f"{path}: unreadable {table} chunk ({type(e).__name__}: {e})") from None
+
+
+class _NotLazy(Exception):
+    """A chunk read column by column turned out not to be the writer's own (a damaged page, a column
+    of another type): the table is read again the way `_decode` reads every chunk."""
+
+
+class _Decoded:
+    """A chunk decoded whole (`_decode`)."""
+
+    def __init__(self, tbl: pa.Table) -> None:
+        self.tbl, self.num_rows = tbl, tbl.num_rows
+
+    def column(self, c: str) -> pa.ChunkedArray:
+        return self.tbl.column(c)
+
+    def drop(self, c: str) -> None:
+        self.tbl = self.tbl.drop_columns([c])  # frees the column's buffers
+
+
+class _Lazy:
+    """A chunk the writer wrote (exactly the table's columns), decoded one column at a time when
+    the frame is built: a 10M-row table then never holds all its decoded columns besides the
+    frame's (a gigabyte less of fresh memory, which costs seconds on some VMs). Every column must
+    decode and be of the writer's type (`_native`), or `_NotLazy` is raised."""
+
+    def __init__(self, path: Path, data: bytes, table: str, attempt: int) -> None:
+        self.path, self.data, self.table, self.attempt = path, data, table, attempt
+        self.cols = schema.COLUMNS[table]
+        self.file = pq.ParquetFile(pa.BufferReader(data))
+        names = self.file.schema_arrow.names
+        if len(set(names)) != len(names) or set(names) not in (set(self.cols), set(self.cols) - {"attempt"}):
+            raise _NotLazy(path)
+        strings = [fl.name for fl in self.file.schema_arrow if self.cols[fl.name] == "string"
+                   and (pa.types.is_string(fl.type) or pa.types.is_large_string(fl.type))]
+        if strings:
+            self.file = pq.ParquetFile(pa.BufferReader(data), read_dictionary=strings)
+        self.names = set(names)
+        self.num_rows = self.file.metadata.num_rows
+
+    def column(self, c: str) -> pa.ChunkedArray:
+        if c not in self.names:  # an older store: no attempt column
+            return pa.chunked_array([np.full(self.num_rows, self.attempt, dtype=np.int32)])
+        try:
+            col = self.file.read(columns=[c]).column(0)
+        except Exception as e:  # noqa: BLE001 - a damaged page: read as every chunk is, for its error
+            raise _NotLazy(self.path) from e
+        if len(col) != self.num_rows or not _native(col, self.cols[c]):
+            raise _NotLazy(self.path)
+        return col
+
+    def drop(self, c: str) -> None:
+        pass
+
+
+def _open_chunk(path: Path, data: bytes, table: str, attempt: int) -> "_Lazy | _Decoded":
+    """The chunk to be decoded column by column (`_Lazy`), or decoded now when it is anything but
+    the writer's own table (its errors then come where they always came, in chunk order)."""
+    try:
+        return _Lazy(path, data, table, attempt)
+    except Exception:  # noqa: BLE001 - not the writer's columns, or an unreadable footer
+        return _Decoded(_decode(path, data, table, attempt))
 
 
 _ARROW = {"int64": pa.int64(), "int32": pa.int32(), "float64": pa.float64(), "bool": pa.bool_()}
@@ -271,7 +338,7 @@ def _dictionary_codes(arr: pa.ChunkedArray) -> tuple[np.ndarray, pd.Index] | Non
     return remap[raw], uniques
 
 
-def _to_frame(tables: list[pa.Table], cols: dict[str, str],
+def _to_frame(tables: list["_Lazy | _Decoded"], cols: dict[str, str],
               codes: dict[str, tuple[np.ndarray, pd.Index]] | None = None) -> pd.DataFrame:
     """One DataFrame of the chunks in (step, rank) order (a stable sort; chunks are written in step
     order, their rows often are not), with the schema's dtypes.
@@ -282,16 +349,22 @@ def _to_frame(tables: list[pa.Table], cols: dict[str, str],
     pool hands the same memory on; strings last, when most of the decoded buffers are free.
     `codes` receives the codes of the dictionary-decoded string columns (`_dictionary_codes`)."""
 
+    decoded: dict[str, pa.ChunkedArray] = {}
+
     def column(c: str) -> pa.ChunkedArray:
-        chunks = [ch for t in tables for ch in t.column(c).chunks]
+        if c in decoded:
+            return decoded.pop(c)
+        per_chunk = [t.column(c) for t in tables]
+        chunks = [ch for col in per_chunk for ch in col.chunks]
         if len({ch.type for ch in chunks}) > 1:  # dictionary and plain strings (a converted chunk)
             chunks = [ch.cast(pa.large_string()) for ch in chunks]
-        return pa.chunked_array(chunks, type=chunks[0].type if chunks else tables[0].schema.field(c).type)
+        return pa.chunked_array(chunks, type=chunks[0].type if chunks else per_chunk[0].type)
 
     n = sum(t.num_rows for t in tables)
     order = where = None  # the sorted position of each row is where[row]
     if "step" in cols:
-        step, rank = column("step").to_numpy(), column("rank").to_numpy()
+        decoded["step"], decoded["rank"] = column("step"), column("rank")
+        step, rank = decoded["step"].to_numpy(), decoded["rank"].to_numpy()
         if not _sorted_by_step_rank(step, rank):
             order = np.lexsort((rank, step))
             where = np.empty(n, dtype=np.int64)
@@ -315,27 +388,66 @@ def _to_frame(tables: list[pa.Table], cols: dict[str, str],
                 pos += len(values)
             data[c] = out
         del arr
-        tables = [t.drop_columns([c]) for t in tables]  # frees the column's buffers
+        for t in tables:
+            t.drop(c)
     return pd.DataFrame({c: data[c] for c in cols}, copy=False).astype(cols)
 
 
 def _read_table(run_dir: Path, chunks: "_Chunks", table: str, attempt: int, skip_corrupt: bool,
                 notes: list[str], codes: dict[str, tuple[np.ndarray, pd.Index]] | None = None
                 ) -> tuple[pd.DataFrame, "_Chunks"]:
-    tables = []
     opened, chunks = _open_chunks(run_dir, chunks, table, attempt)
+    read: list[tuple[Path, bytes | TrainscopeError]] = []  # each chunk's bytes, or why it has none
+    pieces: list[_Lazy | _Decoded] = []
+    noted = len(notes)
     for i, (path, entry, f) in enumerate(opened):
         try:
-            tables.append(_read_chunk(path, entry, table, attempt, f))
+            data: bytes | TrainscopeError = _chunk_bytes(path, entry, f)
         except TrainscopeError as e:
+            data = e
+        read.append((path, data))
+        err = data if isinstance(data, TrainscopeError) else None
+        if err is None:
+            try:
+                pieces.append(_open_chunk(path, data, table, attempt))
+            except TrainscopeError as e:
+                err = e
+        if err is not None:
             if not skip_corrupt:
                 for _, _, g in opened[i + 1:]:
                     if not isinstance(g, Exception):
                         g.close()
+                try:  # an earlier chunk's own error comes first, as it always did
+                    for p in pieces:
+                        if isinstance(p, _Lazy):
+                            _decode(p.path, p.data, table, attempt)
+                except TrainscopeError as first:
+                    err = first
+                raise TrainscopeError(f"{err} (--skip-corrupt reads the rest)") from None
+            notes.append(f"skipped {err}")
+    if not pieces:
+        return empty_frame(table), chunks
+    try:
+        return _to_frame(pieces, schema.COLUMNS[table], codes), chunks
+    except _NotLazy:
+        pass
+    # a chunk that is not what the writer writes after all: every chunk decoded whole, in order,
+    # its errors raised or noted as they always were
+    del notes[noted:]
+    tables: list[_Lazy | _Decoded] = []
+    for path, data in read:
+        try:
+            if isinstance(data, TrainscopeError):
+                raise data
+            tables.append(_Decoded(_decode(path, data, table, attempt)))
+        except TrainscopeError as e:
+            if not skip_corrupt:
                 raise TrainscopeError(f"{e} (--skip-corrupt reads the rest)") from None
             notes.append(f"skipped {e}")
     if not tables:
         return empty_frame(table), chunks
+    if codes is not None:
+        codes.clear()
     return _to_frame(tables, schema.COLUMNS[table], codes), chunks
 
 
