@@ -15,6 +15,7 @@ import pytest
 
 import trainscope
 from trainscope.report.synthetic import synthetic_run
+from trainscope.rules.detectors import _common
 from trainscope.rules.detectors._common import (all_ranks_mask, compute_grad_norms, compute_mask, compute_rows,
                                                 is_compute, kind_mask, kind_rows, layer_rows, pivot, types_where)
 from trainscope.errors import TrainscopeError
@@ -228,3 +229,33 @@ def test_column_by_column_reading_fails_and_skips_as_whole_chunk_reading(tmp_pat
             if fast[0] == "read":
                 for t in schema.TABLES:
                     pd.testing.assert_frame_equal(fast[2][t], slow[2][t])
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_pivot_a_block_at_a_time_is_bit_for_bit_the_whole_pivot(monkeypatch, seed: int) -> None:
+    """A frame in step order (the reader's) is pivoted in blocks of rows that end where a step ends;
+    the table is the one-pass table bit for bit: NaN, +-inf, duplicate (step, layer) cells (two
+    ranks), steps and layers without values, a mask, layers that never occur."""
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(1, 3000))
+    step = np.sort(rng.integers(0, max(2, n // 7), n)).astype(np.int64)
+    names = np.array(["a", "b", "c", "d", "z"], dtype=object)
+    df = pd.DataFrame({"step": step, "layer": pd.array(rng.choice(names[:4], n), dtype="string"),
+                       "order": rng.integers(-1, 4, n).astype(np.int32), "norm": rng.standard_normal(n) * 1e3})
+    v = df["norm"].to_numpy().copy()
+    v[rng.random(n) < 0.2] = np.nan
+    v[rng.random(n) < 0.02] = np.inf
+    v[rng.random(n) < 0.02] = -np.inf
+    df["norm"] = v
+    codes = pd.factorize(pd.concat([df["layer"], pd.Series(["z"], dtype="string")], ignore_index=True))
+    codes = (codes[0][:n], codes[1])  # "z" has a code but no rows
+    for rows in (None, rng.random(n) < 0.6, np.zeros(n, dtype=bool)):
+        whole = pivot(df, "norm", rows=rows, codes=codes)
+        monkeypatch.setattr(_common, "_BLOCK", int(rng.integers(1, 40)))
+        blocks = pivot(df, "norm", rows=rows, codes=codes)
+        monkeypatch.undo()
+        pd.testing.assert_frame_equal(blocks, whole, check_exact=True)
+        assert np.array_equal(blocks.to_numpy().view(np.int64), whole.to_numpy().view(np.int64))
+    shuffled = df.sample(frac=1.0, random_state=seed).reset_index(drop=True)  # not in step order: one pass
+    monkeypatch.setattr(_common, "_BLOCK", 5)
+    pd.testing.assert_frame_equal(pivot(shuffled, "norm"), pivot(df, "norm"), check_exact=False)
