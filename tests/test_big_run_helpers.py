@@ -133,6 +133,8 @@ def test_reader_codes_are_pd_factorize_of_the_loaded_columns(tmp_path: Path, com
         np.testing.assert_array_equal(codes, ref_codes)
         pd.testing.assert_index_equal(uniques, ref_uniques, exact=True)
     assert -1 in run.codes("layers", "layer")[0]  # the missing name
+    for c in ("layer", "kind", "module_type"):  # one chunk: a row selection takes from it, no concatenation first
+        assert run.layers[c].array.__arrow_array__().num_chunks == 1
     # a changed column is factorized again, never answered from the reader's codes
     run.layers.loc[0, "layer"] = "zzz"
     codes, uniques = run.codes("layers", "layer")

@@ -376,6 +376,11 @@ def _to_frame(tables: list["_Lazy | _Decoded"], cols: dict[str, str],
         if dtype == "string":
             if order is not None:
                 arr = arr.take(order)  # on a dictionary's codes, before the strings exist
+            if arr.num_chunks > 1 and pa.types.is_dictionary(arr.type):
+                # one chunk of strings: Arrow's take (every row selection of the frame) first
+                # concatenates a chunked string column, a copy of all its strings each time
+                arr = arr.unify_dictionaries()
+                arr = pa.chunked_array([pa.concat_arrays(arr.chunks)], type=arr.type)
             if codes is not None and (found := _dictionary_codes(arr)) is not None:
                 codes[c] = found
             data[c] = pd.arrays.ArrowStringArray(arr.cast(pa.large_string()))
