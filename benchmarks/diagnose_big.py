@@ -15,7 +15,9 @@ are a plausible healthy-ish run with a late divergence, so the rules have someth
 
 Prints the time to load the store (`trainscope.load_run`), to run every rule (`trainscope.diagnose`
 on the loaded run) and both together, the way `trainscope diagnose RUN --no-html` does (the issue's
-target: <= 5 s). Not in the wheel: a benchmark only.
+target: <= 5 s): the median of `--repeat` runs in one process, and the first of them on its own
+(later repeats reuse memory the first one faulted in; on some VMs fresh memory costs ~1-3 s per GB
+of system time, so the first varies most). Not in the wheel: a benchmark only.
 """
 from __future__ import annotations
 
@@ -182,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
           f"({med(diag_c):.2f} s CPU), together {med([a + b for a, b in zip(load_s, diag_s)]):.2f} s "
           f"({med([a + b for a, b in zip(load_c, diag_c)]):.2f} s CPU) (median of {args.repeat}; "
           f"load average {' '.join(f'{x:.1f}' for x in os.getloadavg())} on {os.cpu_count()} CPUs)")
+    print(f"first repeat (a fresh process, as `trainscope diagnose` runs; its memory is the fresh kind that "
+          f"costs page faults): load_run {load_s[0]:.2f} s + diagnose {diag_s[0]:.2f} s = "
+          f"{load_s[0] + diag_s[0]:.2f} s")
     found = ", ".join(f"{f.name} ({getattr(f.severity, 'value', f.severity)})" for f in findings)
     print(f"findings: {found or 'none'}")
     if args.per_rule:
