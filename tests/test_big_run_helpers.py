@@ -261,3 +261,48 @@ def test_pivot_a_block_at_a_time_is_bit_for_bit_the_whole_pivot(monkeypatch, see
     shuffled = df.sample(frac=1.0, random_state=seed).reset_index(drop=True)  # not in step order: one pass
     monkeypatch.setattr(_common, "_BLOCK", 5)
     pd.testing.assert_frame_equal(pivot(shuffled, "norm"), pivot(df, "norm"), check_exact=False)
+
+
+def test_a_one_chunk_store_loads_into_its_decoded_buffers_writable_and_equal(tmp_path: Path, monkeypatch) -> None:
+    """One chunk file per table (a compacted run): numeric columns become the frame without a copy
+    (a float's nulls NaN in place); the frame equals the copying path's, bit for bit, and is writable."""
+    w = RunWriter(tmp_path / "r")
+    w.write_meta(new_meta(name="r", rank=0, world_size=1, trainscope_version="t", torch_version="t",
+                          python_version="t"))
+    rng = np.random.default_rng(0)
+    n = 5000
+    vals = rng.standard_normal(n)
+    vals[rng.random(n) < 0.3] = np.nan
+    vals[:3] = [np.inf, -np.inf, -0.0]
+    w.append(schema.LAYERS, {"step": np.arange(n) // 5, "layer": np.array(["a", "b", "c", "d", "e"] * (n // 5), dtype=object),
+                             "kind": np.array(["grad"] * n, dtype=object), "module_type": np.array(["Linear"] * n, dtype=object),
+                             "order": np.tile(np.arange(5, dtype=np.int32), n // 5),
+                             **{s: vals * (i + 1) for i, s in enumerate(schema.LAYER_STATS)}})
+    w.append(schema.SCALARS, {"step": np.arange(n), "name": np.array(["loss"] * n, dtype=object), "value": vals,
+                              "epoch": np.full(n, np.nan), "time": np.zeros(n)})
+    w.next_chunk()
+    w.release()
+    owned = []
+    real = reader._owned_view
+
+    def counted(*a):
+        out = real(*a)
+        owned.append(out is not None)
+        return out
+
+    monkeypatch.setattr(reader, "_owned_view", counted)
+    run = trainscope.load_run(tmp_path / "r")
+    assert sum(owned) >= 12  # the layers' step, order, stats, rank, attempt and the scalars' numbers
+    monkeypatch.setattr(reader, "_owned_view", lambda *a: None)
+    copied = trainscope.load_run(tmp_path / "r")
+    for t in (schema.LAYERS, schema.SCALARS):
+        pd.testing.assert_frame_equal(getattr(run, t), getattr(copied, t), check_exact=True)
+        for c, dtype in schema.COLUMNS[t].items():
+            if dtype != "string":
+                a, b = getattr(run, t)[c].to_numpy(), getattr(copied, t)[c].to_numpy()
+                assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), (t, c)
+    assert np.isnan(run.layers["norm"]).sum() == np.isnan(vals).sum()
+    run.layers.loc[0, "norm"] = 7.0  # writable, as every frame load_run returns
+    run.layers["mean"] *= 2
+    assert run.layers.loc[0, "norm"] == 7.0 and copied.layers.loc[0, "norm"] == np.inf
+    pd.testing.assert_series_equal(run.layers["mean"], copied.layers["mean"] * 2)

@@ -338,6 +338,41 @@ def _dictionary_codes(arr: pa.ChunkedArray) -> tuple[np.ndarray, pd.Index] | Non
     return remap[raw], uniques
 
 
+class _Owned:
+    """A writable numpy view of an Arrow buffer that nothing else holds (see `_owned_view`); keeps it alive."""
+
+    def __init__(self, view: np.ndarray) -> None:
+        self.view = view  # read-only, its base holds the Arrow array
+        self.__array_interface__ = {**view.__array_interface__, "data": (view.__array_interface__["data"][0], False)}
+
+
+def _owned_view(arr: pa.ChunkedArray, dtype: str, pieces: list, where: np.ndarray | None) -> np.ndarray | None:
+    """The column as a writable numpy array over its own Arrow buffer, when that is safe and exact:
+    one chunk file decoded column by column (`_Lazy`), the column one chunk of the schema's type
+    (integers without nulls; a float's nulls become NaN in place, as Arrow's `to_numpy` makes them),
+    in place (no sort), its values not inside the file's bytes. Nothing else holds the decoded
+    column, so writing to the frame changes no other Arrow object."""
+    if where is not None or len(pieces) != 1 or not isinstance(pieces[0], _Lazy) or arr.num_chunks != 1:
+        return None
+    ch = arr.chunk(0)
+    if dtype not in ("int64", "int32", "float64") or ch.type != _ARROW[dtype] or (ch.null_count and dtype != "float64"):
+        return None
+    values = ch.buffers()[1]
+    itemsize = np.dtype(dtype).itemsize
+    if values is None or values.size < (ch.offset + len(ch)) * itemsize:
+        return None
+    view = np.frombuffer(values, dtype=dtype, count=len(ch), offset=ch.offset * itemsize)
+    lo, file = view.__array_interface__["data"][0], pa.py_buffer(pieces[0].data)
+    if file.address <= lo + view.nbytes and lo <= file.address + file.size:  # a slice of the file image
+        return None
+    out = np.asarray(_Owned(view))
+    if not out.flags.writeable or out.dtype != np.dtype(dtype) or len(out) != len(arr):
+        return None
+    if ch.null_count:
+        out[ch.is_null().to_numpy(zero_copy_only=False)] = np.nan
+    return out
+
+
 def _to_frame(tables: list["_Lazy | _Decoded"], cols: dict[str, str],
               codes: dict[str, tuple[np.ndarray, pd.Index]] | None = None) -> pd.DataFrame:
     """One DataFrame of the chunks in (step, rank) order (a stable sort; chunks are written in step
@@ -384,6 +419,8 @@ def _to_frame(tables: list["_Lazy | _Decoded"], cols: dict[str, str],
             if codes is not None and (found := _dictionary_codes(arr)) is not None:
                 codes[c] = found
             data[c] = pd.arrays.ArrowStringArray(arr.cast(pa.large_string()))
+        elif (own := _owned_view(arr, dtype, tables, where)) is not None:
+            data[c] = own  # the decoded column itself: no copy, no second buffer of fresh memory
         else:  # a plain writable numpy array (a view of Arrow's buffer would be read-only)
             out = np.frombuffer(pa.allocate_buffer(n * np.dtype(dtype).itemsize), dtype=dtype)  # np.empty
             pos = 0
