@@ -7,6 +7,8 @@ codes of its dictionary-decoded string columns; `Run.scalar` answers once per di
 """
 from __future__ import annotations
 
+import gc
+import weakref
 from pathlib import Path
 
 import numpy as np
@@ -141,7 +143,10 @@ def test_reader_codes_are_pd_factorize_of_the_loaded_columns(tmp_path: Path, com
     ref_codes, ref_uniques = pd.factorize(run.layers["layer"])
     np.testing.assert_array_equal(codes, ref_codes)
     pd.testing.assert_index_equal(uniques, ref_uniques)
+    old_kinds = weakref.ref(run.layers["kind"].array.__arrow_array__())
     run.layers = run.layers.iloc[::-1].reset_index(drop=True)
+    gc.collect()
+    assert old_kinds() is None  # the codes of a replaced frame keep none of its data alive
     np.testing.assert_array_equal(run.codes("layers", "kind")[0], pd.factorize(run.layers["kind"])[0])
     mask = all_ranks_mask(run, "grad")
     assert mask.tolist() == (run.layers["kind"] == "grad").tolist()

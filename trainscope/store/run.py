@@ -1,6 +1,7 @@
 """`Run`: one training run as pandas frames, whatever it was read from."""
 from __future__ import annotations
 
+import weakref
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,19 +99,24 @@ class Run:
         what the reader did not hand over). The reader hands over the codes of the string columns
         it decoded from Parquet dictionaries (a 10M-row column: no hashing of 10M strings).
         Callers only read the result."""
-        arr = getattr(self, table)[column].array
         key = (table, column)
-        data = getattr(arr, "_pa_array", arr)  # an Arrow string column's data: immutable, replaced on any change
+        data = self._column_data(table, column)
         cache = self.__dict__.setdefault("_codes_cache", {})
         hit = cache.get(key)
-        if hit is None or hit[0] is not data:
-            hit = cache[key] = (data, pd.factorize(getattr(self, table)[column]))
+        if hit is None or hit[0]() is not data:
+            hit = cache[key] = (weakref.ref(data), pd.factorize(getattr(self, table)[column]))
         return hit[1]
 
-    def _give_codes(self, table: str, column: str, codes: np.ndarray, uniques: pd.Index) -> None:
-        """The reader's codes of a column it built (see `codes`)."""
+    def _column_data(self, table: str, column: str) -> Any:
+        """What a column's values live in: an Arrow string column's ChunkedArray (immutable, replaced
+        on any change), else the column's array."""
         arr = getattr(self, table)[column].array
-        self.__dict__.setdefault("_codes_cache", {})[(table, column)] = (getattr(arr, "_pa_array", arr), (codes, uniques))
+        return getattr(arr, "_pa_array", arr)
+
+    def _give_codes(self, table: str, column: str, codes: np.ndarray, uniques: pd.Index) -> None:
+        """The reader's codes of a column it built (see `codes`); held while the column's data lives."""
+        data = weakref.ref(self._column_data(table, column))
+        self.__dict__.setdefault("_codes_cache", {})[(table, column)] = (data, (codes, uniques))
 
     def events_of(self, kind: str) -> pd.DataFrame:
         return self.events[self.events["kind"] == kind]
