@@ -54,9 +54,9 @@ class Run:
             hit = cache.get(("scalar", name, rank))
             if hit is None or hit[0] is not self.scalars:
                 hit = cache[("scalar", name, rank)] = (self.scalars, self._scalar(name, rank))
-            out = hit[1].copy(deep=False)  # copy-on-write: the caller's changes stay its own
-            out.index = hit[1].index.copy()
-            return out
+            # a deep copy: without pandas' copy-on-write (pandas < 3) a shallow one would share the
+            # values, and a rule writing into its series would change what the next rule reads
+            return hit[1].copy(deep=True)
         return self._scalar(name, rank)
 
     def _scalar(self, name: str, rank: int | None) -> pd.Series:
