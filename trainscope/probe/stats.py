@@ -680,31 +680,13 @@ def update_stats(before: Sequence[Tensor], after: Sequence[Tensor]) -> Tensor:
                                         sum(t.numel() for t in before)))
 
 
-def global_norm(grads: list[Tensor]) -> Tensor:
-    """L2 norm over all gradients (one fused call per device)."""
-    if not grads:
-        return torch.tensor(NAN)
-    by_device: dict[torch.device, list[Tensor]] = {}
-    for g in grads:
-        if g.layout != torch.strided or g.is_complex():
-            g = values_of(g)  # sparse (e.g. Embedding(sparse=True)) and complex gradients
-        by_device.setdefault(g.device, []).append(g)
-    parts = []
-    for gs in by_device.values():
-        norms = torch._foreach_norm(gs)
-        parts.append(torch.linalg.vector_norm(torch.stack([n.float() for n in norms])))
-    if len(parts) == 1:
-        return parts[0]
-    return torch.linalg.vector_norm(torch.stack([p.to(parts[0].device) for p in parts]))
-
-
 def tensor_norms(grads: list[Tensor]) -> tuple[Tensor, list[tuple[Tensor, list[int]]]]:
     """The global L2 norm and every tensor's norm: one fused `_foreach_norm` per device.
 
     Returns (global norm, [(stacked per-tensor norms, their indices in `grads`) per device])."""
     if not grads:
         return torch.tensor(NAN), []
-    grads = [values_of(g) if g.layout != torch.strided or g.is_complex() else g for g in grads]  # as global_norm
+    grads = [values_of(g) if g.layout != torch.strided or g.is_complex() else g for g in grads]  # sparse, complex: their values
     by_device: dict[torch.device, list[int]] = {}
     for i, g in enumerate(grads):
         by_device.setdefault(g.device, []).append(i)
