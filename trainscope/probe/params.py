@@ -459,12 +459,11 @@ class ParamStats(Collector):
 
     # -------------------------------------------------------------- step boundaries
     def on_step_begin(self, step: int, record: bool) -> None:
-        want = self.wants_norm(step, record)
-        if not want:
+        if not self.wants_norm(step, record):
             return  # neither norms nor statistics at this step
         s, buf = step, self.buffer
         pre = self._pre if self._pre is not None and self._pre.step == s else None
-        dense = self._dense_norms() if want and (pre is None or pre.norm is None) else None
+        dense = self._dense_norms() if pre is None or pre.norm is None else None
         if dense is not None:
             epoch, t = self.clock.epoch, self.clock.step_time
             if pre is not None and pre.vec is not None:  # clipped since: keep the pre-clip norms
@@ -476,7 +475,7 @@ class ParamStats(Collector):
                 record = True  # free on CPU: catch the first bad step exactly
             layers = self.params_with_grad() if record else []
         else:
-            layers = self.params_with_grad() if want else []
+            layers = self.params_with_grad()
         if dense is None and layers:
             now_norm, layer_norms = self._norms(layers)
             gn = now_norm
